@@ -1,0 +1,188 @@
+"""``medsam-server`` command line: segment, checkpoints, make-test-checkpoint.
+
+Every user error ends the process with status 2 and one line on stderr, and
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .checkpoints import format_checkpoint_table, list_checkpoints, resolve_checkpoint
+from .model import CheckpointError
+from .pipeline import DEFAULT_COLORS, ObjectSpec, load_prompts_file
+from .preprocess import PreprocessError
+from .prompts import Prompt, PromptError
+from .volume_io import VolumeError
+
+USER_ERRORS = (CheckpointError, PreprocessError, PromptError, VolumeError, ValueError)
+
+
+def _segment_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment a volume from a box on one slice",
+                       description="Segment a 3D volume with MedSAM2 from a box on one slice.")
+    p.add_argument("input", help="NIfTI, NRRD, MHA file or a DICOM series folder")
+    p.add_argument("-o", "--output", required=True,
+                   help="output mask: .nii.gz, .nrrd or .seg.nrrd (on the input's grid)")
+    p.add_argument("--checkpoint", help="MedSAM2 checkpoint (.pt); default: "
+                   "$MEDSAM2_CHECKPOINT or the cache (see 'medsam-server checkpoints')")
+    p.add_argument("--download", action="store_true",
+                   help="download the default release into the cache if it is missing")
+    p.add_argument("--slice", type=int, help="key slice index along --axis")
+    p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="box on the key slice, x along columns, y along rows (voxels)")
+    p.add_argument("--axis", choices=["k", "j", "i"], default="k",
+                   help="slice axis: k → arr[k], j → arr[:, j, :], i → arr[:, :, i]")
+    p.add_argument("--modality", choices=["ct", "mr", "none"], default="ct")
+    p.add_argument("--window", type=float, nargs=2, metavar=("LEVEL", "WIDTH"),
+                   help="CT window (default 40 400)")
+    p.add_argument("--recipe", choices=["box", "mask"], default="box",
+                   help="propagate from the box (MedSAM2 default) or from the key-slice mask")
+    p.add_argument("--no-lcc", action="store_true",
+                   help="keep every connected component (default: the largest one)")
+    p.add_argument("--stop-after-empty", type=int, default=0, metavar="N",
+                   help="stop a direction after N slices without the object (0 = never)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--prompts", help="JSON file with several objects (see README)")
+    p.add_argument("--name", default="Segment_1", help="segment name (single object)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_segment)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medsam-server",
+                                     description="MedSAM2 engine and tools for MedSAMSegment")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _segment_parser(sub)
+    p = sub.add_parser("checkpoints", help="list known MedSAM2 releases and the cache")
+    p.add_argument("--cache-dir", help="cache folder (default $MEDSAM2_CACHE_DIR or ~/.cache/medsam2)")
+    p.add_argument("--download", metavar="NAME", help="download a release into the cache")
+    p.set_defaults(func=cmd_checkpoints)
+    p = sub.add_parser("make-test-checkpoint",
+                       help="write a seeded RANDOM-weight checkpoint (tests/benchmarks only)")
+    p.add_argument("output", help="where to write the .pt file")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_test_checkpoint)
+    return parser
+
+
+def _objects_from_args(args: argparse.Namespace) -> list[ObjectSpec]:
+    if args.prompts:
+        if args.slice is not None or args.box is not None:
+            raise PromptError("give either --prompts or --slice/--box, not both")
+        return load_prompts_file(args.prompts)
+    if args.slice is None or args.box is None:
+        raise PromptError("--slice and --box are required (or --prompts FILE.json)")
+    return [ObjectSpec(1, args.name, args.axis, args.slice, Prompt(box=tuple(args.box)),
+                       DEFAULT_COLORS[0])]
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    # cheap checks first: a typo costs no model load
+    from .engine import Engine
+    from .pipeline import segment_objects
+    from .preprocess import window_to_uint8
+    from .session import Session
+    from .volume_io import read_volume, write_mask
+
+    specs = _objects_from_args(args)
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise VolumeError(f"{out}: output folder {out.parent} does not exist")
+    if args.window is not None and args.modality != "ct":
+        raise PreprocessError("--window is only used with --modality ct")
+    volume = read_volume(args.input)
+    volume_u8 = window_to_uint8(volume.array, args.modality,
+                                tuple(args.window) if args.window else None)
+    checkpoint = resolve_checkpoint(args.checkpoint, download=args.download)
+    t0 = time.perf_counter()
+    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads)
+    session = Session(engine, volume_u8)
+    for spec in specs:
+        session.check_prompt(spec.axis, spec.slice, spec.prompt)
+    bar = None if args.quiet else _progress_bar(specs, session)
+    try:
+        labels, overlap = segment_objects(
+            session, specs, recipe=args.recipe, lcc=not args.no_lcc,
+            stop_after_empty=args.stop_after_empty,
+            progress=(lambda r: bar.update(1)) if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    write_mask(out, labels, volume,
+               segments=[(s.label, s.name, s.color) for s in specs])
+    if not args.quiet:
+        secs = time.perf_counter() - t0
+        voxels = {s.name: int((labels == s.label).sum()) for s in specs}
+        print(f"wrote {out} ({', '.join(f'{k}: {v} voxels' for k, v in voxels.items())}; "
+              f"{secs:.1f} s on {engine.device}, {engine.encoder_calls} slices encoded)",
+              file=sys.stderr)
+        if overlap:
+            print(f"note: {overlap} voxels were claimed by two objects; the first listed kept "
+                  "them", file=sys.stderr)
+    return 0
+
+
+def _progress_bar(specs: list[ObjectSpec], session: object):  # noqa: ANN202
+    from tqdm import tqdm
+
+    total = sum(session.num_slices(s.axis) for s in specs)  # type: ignore[attr-defined]
+    return tqdm(total=total, unit="slice", file=sys.stderr, desc="segmenting")
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    if args.download:
+        from .checkpoints import _cache as cache_dir
+        from .checkpoints import download_release, get_release
+
+        path = download_release(get_release(args.download), cache_dir(args.cache_dir),
+                                progress=_download_progress())
+        print(f"downloaded {path}", file=sys.stderr)
+    print(format_checkpoint_table(list_checkpoints(args.cache_dir)))
+    return 0
+
+
+def _download_progress():  # noqa: ANN202
+    from tqdm import tqdm
+
+    bar = tqdm(unit="B", unit_scale=True, file=sys.stderr, desc="download")
+
+    def update(done: int, total: int | None) -> None:
+        if total and bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update
+
+
+def cmd_make_test_checkpoint(args: argparse.Namespace) -> int:
+    from .model import write_random_checkpoint
+
+    path = write_random_checkpoint(args.output, seed=args.seed)
+    print(f"wrote {path}: RANDOM weights (seed {args.seed}) of the MedSAM2 architecture; "
+          "its masks are meaningless, use it only for tests and benchmarks", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"medsam-server: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medsam-server: interrupted; nothing written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The MedSAM2 model steps a session needs, over Meta's ``SAM2Base``.
+
+One ``Engine`` owns the network and the device. It turns a slice into cached
+encoder features, a prompt into a conditioning-slice output, and a tracked slice
+into an output conditioned on the memory of earlier slices, keeping outputs in the
+compact form SAM2's video predictor keeps (bf16 memory features, low-res logits).
+Sessions (``session.py``) hold the per-volume state and the propagation logic.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .features import FeatureCache
+from .model import FILL_HOLE_AREA, IMAGE_SIZE, autocast_for, load_model
+from .postprocess import fill_small_holes
+from .prompts import Prompt
+
+DEFAULT_FEATURE_CACHE_BYTES = 2 << 30
+
+
+@dataclass
+class StepOutput:
+    """One slice's result: the compact memory entry and what the user sees."""
+
+    memory: dict[str, Any]  # maskmem_features, maskmem_pos_enc, pred_masks, obj_ptr, ...
+    lowres: torch.Tensor  # (1, 1, 128, 128) float32 logits after hole filling, on CPU
+    iou: float
+    object_score: float  # probability that the object is on this slice
+
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """Boolean mask at slice resolution: bilinear upsampling of the logits, then > 0."""
+        return upsample_logits(self.lowres, shape) > 0
+
+
+def upsample_logits(lowres: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    up = F.interpolate(lowres.float(), size=shape, mode="bilinear", align_corners=False)
+    return up[0, 0].numpy()
+
+
+class Engine:
+    """The network on one device plus helpers to run SAM2 steps on single slices."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, *,
+                 feature_cache_bytes: int = DEFAULT_FEATURE_CACHE_BYTES,
+                 fill_hole_area: int = FILL_HOLE_AREA) -> None:
+        self.model = model
+        self.device = device
+        self.feature_cache_bytes = feature_cache_bytes
+        self.fill_hole_area = fill_hole_area
+        self.image_size = int(model.image_size)
+        if self.image_size != IMAGE_SIZE:
+            raise ValueError(f"model image size {self.image_size} is not MedSAM2's {IMAGE_SIZE}")
+        self.encoder_calls = 0
+        self._pos_enc: list[torch.Tensor] | None = None  # depends only on the image size
+        self._maskmem_pos_enc: list[torch.Tensor] | None = None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "auto",
+                        threads: int | None = None, **kwargs: Any) -> Engine:
+        if threads is not None:
+            if threads < 1:
+                raise ValueError("--threads must be >= 1")
+            torch.set_num_threads(threads)
+        model, dev = load_model(checkpoint, device)
+        return cls(model, dev, **kwargs)
+
+    def new_cache(self) -> FeatureCache:
+        return FeatureCache(self.feature_cache_bytes)
+
+    # ---- image features -------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray) -> list[torch.Tensor]:
+        """Run the image encoder on one normalised (3, 512, 512) image; returns FPN levels."""
+        batch = torch.from_numpy(image).to(self.device)[None]
+        with autocast_for(self.device):
+            out = self.model.forward_image(batch)
+        self.encoder_calls += 1
+        if self._pos_enc is None:
+            self._pos_enc = list(out["vision_pos_enc"])
+        return list(out["backbone_fpn"])
+
+    def prepare(self, fpn: list[torch.Tensor]) -> tuple[list, list, list]:
+        """Flatten cached FPN levels the way SAM2's tracking step expects them."""
+        assert self._pos_enc is not None
+        _, feats, pos, sizes = self.model._prepare_backbone_features(
+            {"backbone_fpn": fpn, "vision_pos_enc": self._pos_enc}
+        )
+        return feats, pos, sizes
+
+    # ---- SAM2 steps ----------------------------------------------------------------
+    @torch.inference_mode()
+    def prompt_step(self, fpn: list[torch.Tensor], prompt: Prompt, slice_shape: tuple[int, int],
+                    frame_idx: int, num_frames: int,
+                    prev_logits: torch.Tensor | None = None) -> StepOutput:
+        """A conditioning slice from a box/points or a mask prompt (no memory used).
+
+        Its memory entry is encoded from the hole-filled low-res logits upsampled to
+        512 px with ``is_mask_from_pts=True``, as SAM2 does when it consolidates a
+        prompted frame before tracking.
+        """
+        feats, pos, sizes = self.prepare(fpn)
+        point_inputs = mask_inputs = None
+        if prompt.is_mask:
+            mask_inputs = self._mask_input(prompt.mask)
+            prev_logits = None
+        else:
+            point_inputs = self._point_inputs(prompt, slice_shape)
+            if prev_logits is not None:
+                prev_logits = torch.clamp(prev_logits.to(self.device), -32.0, 32.0)
+        with autocast_for(self.device):
+            out, sam_out, _, _ = self.model._track_step(
+                frame_idx, True, feats, pos, sizes, point_inputs, mask_inputs,
+                {}, num_frames, False, prev_logits,
+            )
+            lowres = self._fill_holes(sam_out[3])
+            high = F.interpolate(lowres.to(self.device), size=(self.image_size,) * 2,
+                                 mode="bilinear", align_corners=False)
+            maskmem, maskmem_pos = self.model._encode_new_memory(
+                current_vision_feats=feats, feat_sizes=sizes, pred_masks_high_res=high,
+                object_score_logits=sam_out[6], is_mask_from_pts=True,
+            )
+        return self._compact(maskmem, maskmem_pos, lowres, sam_out)
+
+    @torch.inference_mode()
+    def track_step(self, fpn: list[torch.Tensor], memory: dict[str, dict[int, dict]],
+                   frame_idx: int, num_frames: int, reverse: bool) -> StepOutput:
+        """A slice conditioned on ``memory`` (SAM2's output_dict), then memory-encoded."""
+        feats, pos, sizes = self.prepare(fpn)
+        with autocast_for(self.device):
+            out, sam_out, _, _ = self.model._track_step(
+                frame_idx, False, feats, pos, sizes, None, None,
+                memory, num_frames, reverse, None,
+            )
+            # SAM2 encodes memory from the decoder's high-res masks (before hole filling)
+            maskmem, maskmem_pos = self.model._encode_new_memory(
+                current_vision_feats=feats, feat_sizes=sizes, pred_masks_high_res=sam_out[4],
+                object_score_logits=sam_out[6], is_mask_from_pts=False,
+            )
+        lowres = self._fill_holes(sam_out[3])
+        return self._compact(maskmem, maskmem_pos, lowres, sam_out)
+
+    # ---- helpers -------------------------------------------------------------------
+    def _point_inputs(self, prompt: Prompt, slice_shape: tuple[int, int]) -> dict:
+        rows, cols = slice_shape
+        coords: list[tuple[float, float]] = []
+        labels: list[int] = []
+        if prompt.box is not None:  # a box is two points labelled 2 and 3, as SAM2 trains
+            x0, y0, x1, y1 = prompt.box
+            coords += [(x0, y0), (x1, y1)]
+            labels += [2, 3]
+        coords += list(prompt.points)
+        labels += list(prompt.labels)
+        pts = torch.tensor(coords, dtype=torch.float32)[None]
+        pts = pts / torch.tensor([cols, rows]) * self.image_size
+        return {"point_coords": pts.to(self.device),
+                "point_labels": torch.tensor(labels, dtype=torch.int32)[None].to(self.device)}
+
+    def _mask_input(self, mask: np.ndarray) -> torch.Tensor:
+        m = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None].to(self.device)
+        if m.shape[-2:] != (self.image_size, self.image_size):
+            m = F.interpolate(m, size=(self.image_size,) * 2, mode="bilinear",
+                              align_corners=False, antialias=True)
+            m = (m >= 0.5).float()
+        return m
+
+    def _fill_holes(self, lowres: torch.Tensor) -> torch.Tensor:
+        # SAM2 does this with a CUDA kernel and silently skips it elsewhere; we do it on
+        # every device so CPU, MPS and CUDA give the same masks.
+        arr = lowres.float().cpu().numpy()
+        if self.fill_hole_area > 0:
+            arr = fill_small_holes(arr, self.fill_hole_area)
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+    def _compact(self, maskmem: torch.Tensor, maskmem_pos: list[torch.Tensor],
+                 lowres: torch.Tensor, sam_out: tuple) -> StepOutput:
+        if self._maskmem_pos_enc is None:  # identical for every slice: keep one copy
+            self._maskmem_pos_enc = [p[0:1].clone() for p in maskmem_pos]
+        ious, obj_ptr, score = sam_out[2], sam_out[5], sam_out[6]
+        memory = {
+            "maskmem_features": maskmem.to(torch.bfloat16),
+            "maskmem_pos_enc": self._maskmem_pos_enc,
+            "pred_masks": lowres.to(self.device),
+            "obj_ptr": obj_ptr,
+            "object_score_logits": score,
+        }
+        return StepOutput(
+            memory=memory,
+            lowres=lowres,
+            iou=float(ious.float().max()),
+            object_score=float(torch.sigmoid(score.float()).max()),
+        )

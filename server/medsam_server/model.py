@@ -1,0 +1,147 @@
+"""Build the MedSAM2 network, load checkpoints strictly, write random-weight test checkpoints.
+
+The network is Meta's ``sam2`` ``SAM2Base`` built from the config shipped in this
+package. We instantiate it with ``hydra.utils.instantiate`` on an OmegaConf tree we
+load ourselves, so no global Hydra compose state is touched (importing ``sam2``
+initialises Hydra's config module; we never rely on it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+CONFIG_NAME = "medsam2_hiera_t512.yaml"
+IMAGE_SIZE = 512
+# MedSAM2 builds its predictor with fill_hole_area=8 (holes up to 8 low-res pixels).
+FILL_HOLE_AREA = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used with this model (one clear message)."""
+
+
+def _load_config():  # -> omegaconf.DictConfig
+    from omegaconf import OmegaConf
+
+    text = resources.files("medsam_server.configs").joinpath(CONFIG_NAME).read_text()
+    return OmegaConf.create(text)
+
+
+def build_model(device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Return the MedSAM2 ``SAM2Base`` network (random init) in eval mode on ``device``."""
+    from hydra.utils import instantiate
+
+    cfg = _load_config()
+    model = instantiate(cfg.model, _recursive_=True)
+    return model.to(device).eval()
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read ``{"model": state_dict}`` with ``weights_only=True``; clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code, not a torch file...
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            " (is the file complete? re-download it or pass another --checkpoint)"
+        ) from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
+        raise CheckpointError(
+            f"checkpoint {path} is not a MedSAM2 release file: expected a dict with a "
+            "'model' state_dict"
+        )
+    return payload["model"]
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load weights strictly; name missing/unexpected/mis-shaped keys in one error."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("wrong shape", shapes)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+                parts.append(f"{label} keys: {shown}")
+        raise CheckpointError(
+            f"checkpoint {path} does not match the MedSAM2 (SAM2.1 hiera-tiny 512) "
+            "architecture; " + "; ".join(parts)
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def write_random_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a seeded random-weight checkpoint in the released ``{"model": sd}`` layout.
+
+    The weights are meaningless; they exist so tests and benchmarks exercise the exact
+    architecture and file format without the real (non-downloadable here) weights.
+    """
+    path = Path(path)
+    with _fork_rng():
+        torch.manual_seed(seed)
+        model = build_model("cpu")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    torch.save({"model": model.state_dict()}, tmp)
+    tmp.replace(path)
+    return path
+
+
+@contextlib.contextmanager
+def _fork_rng() -> Iterator[None]:
+    state = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` = CUDA, then MPS, then CPU. An explicit device that is absent is an error."""
+    name = name.lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA GPU")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError("--device mps asked for, but MPS is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, as MedSAM2 runs; full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "auto"
+               ) -> tuple[torch.nn.Module, torch.device]:
+    """Build, strictly load and move the model; returns it with the device used."""
+    dev = pick_device(device) if isinstance(device, str) else device
+    model = build_model("cpu")
+    load_checkpoint(model, checkpoint)
+    return model.to(dev).eval(), dev

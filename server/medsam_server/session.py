@@ -1,0 +1,299 @@
+"""One volume, its objects, their prompts and results, and propagation through slices.
+
+The default recipe is MedSAM2's ``medsam2_infer_3D_CT.py``: a box on the key slice,
+propagate to the end, then (with a fresh memory) the same box propagated in reverse;
+each slice's mask is ``logits > 0`` after bilinear upsampling. A pass here always
+starts from a fresh memory holding the object's prompted (conditioning) slices on
+that axis, which is exactly what the reference's reset between directions gives.
+
+Corrections: a new prompt on any slice makes that slice a conditioning slice; the next
+``propagate`` re-runs only from the changed slices, and on slices that already had a
+result it stops as soon as the new mask matches the old one (``converge_iou``), so
+results elsewhere are kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .engine import Engine, StepOutput, upsample_logits
+from .preprocess import AXES, axis_index, model_input, slice_shape
+from .prompts import Prompt, PromptError, merge_points, validate_prompt
+
+Direction = Literal["both", "forward", "backward"]
+
+
+@dataclass
+class SliceResult:
+    """What a prompt or a propagated slice produced (also passed to progress callbacks)."""
+
+    object_id: int
+    axis: str
+    index: int
+    mask: np.ndarray  # bool, slice shape
+    iou: float
+    object_score: float
+
+
+@dataclass
+class PropagationReport:
+    object_id: int
+    axis: str
+    slices: list[int]  # slices reported (prompted start slices too), in finishing order
+    cancelled: bool = False
+
+
+@dataclass
+class _AxisState:
+    prompts: dict[int, Prompt] = field(default_factory=dict)
+    cond: dict[int, StepOutput] = field(default_factory=dict)  # prompted slices' outputs
+    lowres: dict[int, torch.Tensor] = field(default_factory=dict)  # last logits per slice
+    pending: set[int] = field(default_factory=set)  # prompted since the last propagation
+
+
+@dataclass
+class _Object:
+    mask: np.ndarray  # bool volume
+    axes: dict[str, _AxisState] = field(default_factory=dict)
+
+
+class Cancelled(Exception):
+    """Raised inside a pass when the cancel event is set (caught by ``propagate``)."""
+
+
+class Session:
+    """State for one preprocessed uint8 volume: feature cache, objects, results."""
+
+    def __init__(self, engine: Engine, volume_u8: np.ndarray) -> None:
+        if volume_u8.ndim != 3 or volume_u8.dtype != np.uint8:
+            raise ValueError("a session needs a 3D uint8 volume (see preprocess.window_to_uint8)")
+        if min(volume_u8.shape) < 1:
+            raise ValueError(f"empty volume shape {volume_u8.shape}")
+        self.engine = engine
+        self.volume = volume_u8
+        self.shape: tuple[int, int, int] = tuple(volume_u8.shape)  # type: ignore[assignment]
+        self.cache = engine.new_cache()
+        self._objects: dict[int, _Object] = {}
+
+    # ---- queries -------------------------------------------------------------------
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted(self._objects)
+
+    def mask(self, object_id: int) -> np.ndarray:
+        """The object's boolean volume (a copy)."""
+        return self._object(object_id).mask.copy()
+
+    def slice_mask(self, object_id: int, axis: str, index: int) -> np.ndarray:
+        return np.take(self._object(object_id).mask, index, axis=axis_index(axis)).copy()
+
+    def slice_logits(self, object_id: int, axis: str, index: int) -> np.ndarray | None:
+        """Latest logits of a slice at slice resolution (None if never computed)."""
+        state = self._object(object_id).axes.get(axis)
+        lowres = state.lowres.get(index) if state else None
+        return None if lowres is None else upsample_logits(lowres, self.slice_shape(axis))
+
+    def slice_shape(self, axis: str) -> tuple[int, int]:
+        return slice_shape(self.shape, axis)
+
+    def num_slices(self, axis: str) -> int:
+        return self.shape[axis_index(axis)]
+
+    # ---- editing -------------------------------------------------------------------
+    def check_prompt(self, axis: str, index: int, prompt: Prompt) -> Prompt:
+        """Validate a prompt for a slice without running the model (clipped box returned)."""
+        self._check_index(axis, index)
+        return validate_prompt(prompt, self.slice_shape(axis))
+
+    def add_prompt(self, object_id: int, axis: str, index: int, prompt: Prompt) -> SliceResult:
+        """Prompt one slice and return its mask at once (no propagation).
+
+        A box or mask replaces that slice's earlier prompt; points alone are added to it
+        and refine the slice's current result (SAM-style, via its previous logits).
+        """
+        if not isinstance(object_id, int) or object_id < 1:
+            raise PromptError(f"object id must be a positive integer, got {object_id!r}")
+        prompt = self.check_prompt(axis, index, prompt)
+        rows_cols = self.slice_shape(axis)
+        obj = self._objects.get(object_id)
+        state = obj.axes.get(axis) if obj else None
+        merged = merge_points(state.prompts.get(index) if state else None, prompt)
+        prev = None
+        if not prompt.is_mask and prompt.box is None and state is not None:
+            prev = state.lowres.get(index)  # refine what the user sees on this slice
+        out = self.engine.prompt_step(self._features(axis, index), merged, rows_cols,
+                                      index, self.num_slices(axis), prev)
+        # only now, after the model ran, change state: a failure leaves nothing half-done
+        if obj is None:
+            obj = self._objects[object_id] = _Object(mask=np.zeros(self.shape, dtype=bool))
+        state = obj.axes.setdefault(axis, _AxisState())
+        state.prompts[index] = merged
+        state.cond[index] = out
+        state.pending.add(index)
+        result = self._store(obj, state, object_id, axis, index, out)
+        return result
+
+    def remove_object(self, object_id: int) -> None:
+        self._object(object_id)
+        del self._objects[object_id]
+
+    def clear_prompt(self, object_id: int, axis: str, index: int) -> None:
+        """Forget the prompt on one slice (its current mask stays until re-propagated)."""
+        state = self._object(object_id).axes.get(axis)
+        if state is None or index not in state.prompts:
+            raise PromptError(f"object {object_id} has no prompt on slice {index} of axis {axis}")
+        del state.prompts[index], state.cond[index]
+        state.pending.discard(index)
+
+    def propagate(self, object_id: int, axis: str | None = None, *,
+                  direction: Direction = "both", start: int | None = None,
+                  first: int | None = None, last: int | None = None,
+                  stop_after_empty: int = 0, converge_iou: float = 0.98,
+                  progress: Callable[[SliceResult], None] | None = None,
+                  cancel: threading.Event | None = None) -> PropagationReport:
+        """Propagate an object's prompts through its slices.
+
+        ``start``: a prompted slice to propagate from; default = the slices prompted since
+        the last propagation (all prompted slices if none). ``first``/``last``: inclusive
+        range limits. ``stop_after_empty``: stop a direction after that many consecutive
+        slices the model says hold no object (0 = never, the reference behaviour).
+        ``converge_iou``: for a correction, stop a direction at the first slice that already
+        had a result and whose new mask matches it with at least this IoU.
+        """
+        obj = self._object(object_id)
+        axis = axis or self._only_axis(obj, object_id)
+        state = obj.axes.get(axis)
+        if state is None or not state.prompts:
+            raise PromptError(f"object {object_id} has no prompt on axis {axis}: draw a box first")
+        if direction not in ("both", "forward", "backward"):
+            raise PromptError(f"direction must be both, forward or backward, not {direction!r}")
+        if stop_after_empty < 0:
+            raise PromptError("stop_after_empty must be >= 0")
+        n = self.num_slices(axis)
+        lo = 0 if first is None else first
+        hi = n - 1 if last is None else last
+        if not 0 <= lo <= hi < n:
+            raise PromptError(f"range {lo}..{hi} is not within 0..{n - 1} along axis {axis}")
+        if start is not None:
+            if start not in state.prompts:
+                raise PromptError(f"slice {start} has no prompt for object {object_id}")
+            starts = [start]
+        else:
+            starts = sorted(state.pending) or sorted(state.prompts)
+        starts = [s for s in starts if lo <= s <= hi]
+        if not starts:
+            raise PromptError(f"no prompted slice of object {object_id} lies in {lo}..{hi}")
+        # a correction only re-propagates as far as the result changes
+        tracked_before = set(state.lowres) - set(state.pending)
+        report = PropagationReport(object_id, axis, [])
+        steps = {"forward": (1,), "backward": (-1,), "both": (1, -1)}[direction]
+        try:
+            for s in starts:
+                for step in steps:
+                    end = hi if step > 0 else lo
+                    self._run_pass(obj, state, object_id, axis, s, step, end, tracked_before,
+                                   stop_after_empty, converge_iou, progress, cancel, report)
+        except Cancelled:
+            report.cancelled = True
+            return report  # prompts stay pending, so the next propagate redoes them
+        state.pending.difference_update(starts)
+        return report
+
+    # ---- internals -----------------------------------------------------------------
+    def _run_pass(self, obj: _Object, state: _AxisState, object_id: int, axis: str,
+                  start: int, step: int, end: int, tracked_before: set[int],
+                  stop_after_empty: int, converge_iou: float,
+                  progress: Callable[[SliceResult], None] | None,
+                  cancel: threading.Event | None, report: PropagationReport) -> None:
+        n = self.num_slices(axis)
+        memory: dict[str, dict[int, dict]] = {
+            "cond_frame_outputs": {i: o.memory for i, o in state.cond.items()},
+            "non_cond_frame_outputs": {},
+        }
+        if start not in report.slices:  # the key slice is reported once, not once per pass
+            report.slices.append(start)
+            self._emit(progress, object_id, axis, start, state.cond[start], obj)
+        empty_run = 0
+        for index in range(start + step, end + step, step):
+            if index in state.prompts:
+                break  # that slice's own prompt rules from there on
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            old = self._slice(obj, axis, index) if index in tracked_before else None
+            out = self.engine.track_step(self._features(axis, index), memory, index, n,
+                                         reverse=step < 0)
+            memory["non_cond_frame_outputs"][index] = out.memory
+            result = self._store(obj, state, object_id, axis, index, out)
+            report.slices.append(index)
+            if progress is not None:
+                progress(result)
+            empty_run = empty_run + 1 if out.object_score <= 0.5 else 0
+            if stop_after_empty and empty_run >= stop_after_empty:
+                break
+            if old is not None and _iou(old, result.mask) >= converge_iou:
+                break
+
+    def _features(self, axis: str, index: int) -> list[torch.Tensor]:
+        key = (axis, index)
+        fpn = self.cache.get(key)
+        if fpn is None:
+            fpn = self.engine.encode(model_input(self.volume, axis, index, self.engine.image_size))
+            self.cache.put(key, fpn)
+        return fpn
+
+    def _store(self, obj: _Object, state: _AxisState, object_id: int, axis: str, index: int,
+               out: StepOutput) -> SliceResult:
+        mask = out.mask(self.slice_shape(axis))
+        view = self._slice_view(obj, axis, index)
+        view[...] = mask
+        state.lowres[index] = out.lowres
+        return SliceResult(object_id, axis, index, mask, out.iou, out.object_score)
+
+    def _emit(self, progress: Callable[[SliceResult], None] | None, object_id: int, axis: str,
+              index: int, out: StepOutput, obj: _Object) -> None:
+        if progress is not None:
+            progress(SliceResult(object_id, axis, index, self._slice(obj, axis, index),
+                                 out.iou, out.object_score))
+
+    def _slice_view(self, obj: _Object, axis: str, index: int) -> np.ndarray:
+        ax = axis_index(axis)
+        sl: list[slice | int] = [slice(None)] * 3
+        sl[ax] = index
+        return obj.mask[tuple(sl)]
+
+    def _slice(self, obj: _Object, axis: str, index: int) -> np.ndarray:
+        return self._slice_view(obj, axis, index).copy()
+
+    def _object(self, object_id: int) -> _Object:
+        try:
+            return self._objects[object_id]
+        except KeyError:
+            raise PromptError(
+                f"unknown object {object_id}; objects in this session: {self.object_ids}"
+            ) from None
+
+    def _only_axis(self, obj: _Object, object_id: int) -> str:
+        axes = [a for a, s in obj.axes.items() if s.prompts]
+        if len(axes) != 1:
+            raise PromptError(f"object {object_id} has prompts on axes {axes}: name the axis")
+        return axes[0]
+
+    def _check_index(self, axis: str, index: int) -> None:
+        if axis not in AXES:
+            raise PromptError(f"unknown axis {axis!r}: use k, j or i")
+        n = self.num_slices(axis)
+        if not isinstance(index, int | np.integer) or not 0 <= index < n:
+            raise PromptError(f"slice {index} is outside 0..{n - 1} along axis {axis}")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    if union == 0:
+        return 1.0
+    return np.count_nonzero(a & b) / union
