@@ -45,6 +45,9 @@ def install_cpu_connected_components() -> None:
 def build_reference_predictor(checkpoint: str, device: str = "cpu"):  # noqa: ANN201
     """The stock legacy predictor with MedSAM2's config and build-time settings."""
     from hydra.utils import instantiate
+
+    if not str(device).startswith("cuda"):
+        install_cpu_connected_components()
     from medsam_server.model import FILL_HOLE_AREA, _load_config
 
     cfg = _load_config()

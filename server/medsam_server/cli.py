@@ -52,7 +52,34 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", help="JSON file with several objects (see README)")
     p.add_argument("--name", default="Segment_1", help="segment name (single object)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--server", metavar="URL",
+                   help="run on a medsam-server service instead of in this process")
+    p.add_argument("--token", help="bearer token for --server (default $MEDSAM_TOKEN)")
     p.set_defaults(func=cmd_segment)
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the HTTP inference service",
+                       description="Serve MedSAM2 over HTTP (local worker or shared GPU server).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", help="bearer token (default $MEDSAM_TOKEN); required off loopback")
+    p.add_argument("--checkpoint", help="MedSAM2 checkpoint (.pt)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--log-file", help="also write the log here (no image data is logged)")
+    p.add_argument("--idle-timeout", type=float, default=1800.0,
+                   help="seconds before an unused session is closed")
+    p.add_argument("--memory-budget-mb", type=int, default=4096,
+                   help="feature cache + session memory budget")
+    p.add_argument("--max-upload-mb", type=int, default=1024, help="largest request body")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .service.run import serve
+
+    return serve(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _segment_parser(sub)
+    _serve_parser(sub)
     p = sub.add_parser("checkpoints", help="list known MedSAM2 releases and the cache")
     p.add_argument("--cache-dir", help="cache folder (default $MEDSAM2_CACHE_DIR or ~/.cache/medsam2)")
     p.add_argument("--download", metavar="NAME", help="download a release into the cache")
@@ -93,6 +121,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .volume_io import read_volume, write_mask
 
     specs = _objects_from_args(args)
+    if args.server:
+        from .remote import segment_remote
+
+        return segment_remote(args, specs)
     out = Path(args.output)
     if not out.parent.is_dir():
         raise VolumeError(f"{out}: output folder {out.parent} does not exist")

@@ -50,8 +50,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, not a torch file...
+        lines = str(exc).splitlines()  # empty for e.g. EOFError() on a 0-byte file
+        reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            f"cannot read checkpoint {path}: {reason}"
             " (is the file complete? re-download it or pass another --checkpoint)"
         ) from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
@@ -68,8 +70,9 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = sorted(
-        k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)
+    shapes = sorted(  # a non-tensor value (possible with weights_only) counts as mis-shaped
+        k for k in set(own) & set(state)
+        if not isinstance(state[k], torch.Tensor) or tuple(own[k].shape) != tuple(state[k].shape)
     )
     if missing or unexpected or shapes:
         parts = []

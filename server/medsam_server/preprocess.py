@@ -77,12 +77,17 @@ def _clip_stretch(volume: np.ndarray, lo: float, hi: float, *, keep_zero: bool) 
     out = np.zeros(volume.shape, dtype=np.uint8)
     if cmax <= cmin:  # constant after clipping: MedSAM2 would divide by zero
         return out
-    scale = 255.0 / (cmax - cmin)
+    span = cmax - cmin
     per_slice = max(1, volume[0].size * 8)
     step = max(1, _SLAB_BYTES // per_slice)
     for k0 in range(0, volume.shape[0], step):
         slab = volume[k0:k0 + step]
-        vals = (np.clip(slab, lo, hi).astype(np.float64) - cmin) * scale
+        # MedSAM2's (x - min) / (max - min) * 255.0, in that order: a precomputed
+        # 255 / (max - min) scale rounds differently and truncates the top value to 254.
+        vals = np.clip(slab, lo, hi).astype(np.float64, copy=False)
+        vals -= cmin
+        vals /= span
+        vals *= 255.0
         block = vals.astype(np.uint8)
         if keep_zero:
             block[slab == 0] = 0

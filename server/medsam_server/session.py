@@ -55,6 +55,9 @@ class _AxisState:
     cond: dict[int, StepOutput] = field(default_factory=dict)  # prompted slices' outputs
     lowres: dict[int, torch.Tensor] = field(default_factory=dict)  # last logits per slice
     pending: set[int] = field(default_factory=set)  # prompted since the last propagation
+    # slices whose result came from a propagation that finished (not cancelled): only
+    # these count as "had a result" when a correction decides where to stop
+    settled: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -190,7 +193,7 @@ class Session:
         if not starts:
             raise PromptError(f"no prompted slice of object {object_id} lies in {lo}..{hi}")
         # a correction only re-propagates as far as the result changes
-        tracked_before = set(state.lowres) - set(state.pending)
+        tracked_before = set(state.settled)
         report = PropagationReport(object_id, axis, [])
         steps = {"forward": (1,), "backward": (-1,), "both": (1, -1)}[direction]
         try:
@@ -203,6 +206,7 @@ class Session:
             report.cancelled = True
             return report  # prompts stay pending, so the next propagate redoes them
         state.pending.difference_update(starts)
+        state.settled.update(report.slices)
         return report
 
     # ---- internals -----------------------------------------------------------------

@@ -1,0 +1,53 @@
+"""Shared fixtures: real data from ../shared/data, a seeded random-weight MedSAM2 checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "bench"))  # the stock-predictor baseline lives there
+
+
+def shared(relative: str) -> Path:
+    """A file in ../shared/data, or skip the test saying what is missing."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"real test data {path} is absent (expected ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seeded random weights of the exact MedSAM2 architecture, in the released layout."""
+    from medsam_server.model import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "medsam2_random_seed0.pt",
+                                   seed=0)
+
+
+@pytest.fixture(scope="session")
+def engine(random_checkpoint: Path):  # noqa: ANN201
+    from medsam_server.engine import Engine
+
+    return Engine.from_checkpoint(random_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def ct_u8() -> np.ndarray:
+    """The TotalSegmentator abdomen CT (30×101×122), soft-tissue windowed to uint8."""
+    from medsam_server.preprocess import window_to_uint8
+    from medsam_server.volume_io import read_volume
+
+    vol = read_volume(shared("totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"))
+    return window_to_uint8(vol.array, "ct", (40.0, 400.0))
+
+
+@pytest.fixture(scope="session")
+def liver_box() -> tuple[int, tuple[int, int, int, int]]:
+    """Key slice 14 and the reference liver's box there, (x0, y0, x1, y1) in voxels."""
+    return 14, (45, 27, 104, 85)
