@@ -25,8 +25,6 @@ from pathlib import Path
 
 import requests
 
-from medsam_server.model import CheckpointError
-
 ENV_CHECKPOINT = "MEDSAM2_CHECKPOINT"
 ENV_CACHE_DIR = "MEDSAM2_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/medsam2")
@@ -49,6 +47,11 @@ ProgressFn = Callable[[int, int | None], None]
 NotifyFn = Callable[[str], None]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found, fetched or used (one clear message)."""
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from medsam_client.client import MedSAMError
+
 from . import __version__
-from .checkpoints import format_checkpoint_table, list_checkpoints, resolve_checkpoint
-from .model import CheckpointError
-from .pipeline import DEFAULT_COLORS, ObjectSpec, load_prompts_file
+from .checkpoints import (
+    CheckpointError,
+    format_checkpoint_table,
+    list_checkpoints,
+    resolve_checkpoint,
+)
 from .preprocess import PreprocessError
-from .prompts import Prompt, PromptError
+from .prompts import Prompt, PromptError, check_slice_prompt
+from .specs import DEFAULT_COLORS, ObjectSpec, load_prompts_file
 from .volume_io import VolumeError
 
-USER_ERRORS = (CheckpointError, PreprocessError, PromptError, VolumeError, ValueError)
+USER_ERRORS = (CheckpointError, MedSAMError, PreprocessError, PromptError, VolumeError,
+               ValueError)
 
 
 def _segment_parser(sub: argparse._SubParsersAction) -> None:
@@ -113,32 +120,47 @@ def _objects_from_args(args: argparse.Namespace) -> list[ObjectSpec]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    # cheap checks first: a typo costs no model load
+    from .volume_io import check_output_path, read_volume, write_mask
+
+    # every cheap check first: a typo costs no model load and no upload
+    specs = _objects_from_args(args)
+    out = Path(args.output)
+    check_output_path(out)
+    if args.window is not None and args.modality != "ct":
+        raise PreprocessError("--window is only used with --modality ct")
+    volume = read_volume(args.input)
+    for spec in specs:
+        check_slice_prompt(volume.array.shape, spec.axis, spec.slice, spec.prompt)
+    t0 = time.perf_counter()
+    if args.server:  # remote: no torch needed in this process
+        from .remote import segment_remote
+
+        labels, overlap, where = segment_remote(args, specs, volume)
+    else:
+        labels, overlap, where = _segment_local(args, specs, volume)
+    write_mask(out, labels, volume, segments=[(s.label, s.name, s.color) for s in specs])
+    if not args.quiet:
+        voxels = ", ".join(f"{s.name}: {int((labels == s.label).sum())} voxels" for s in specs)
+        print(f"wrote {out} ({voxels}; {time.perf_counter() - t0:.1f} s, {where})",
+              file=sys.stderr)
+        if overlap:
+            print(f"note: {overlap} voxels were claimed by two objects; the first listed kept "
+                  "them", file=sys.stderr)
+    return 0
+
+
+def _segment_local(args: argparse.Namespace, specs: list[ObjectSpec],
+                   volume: object) -> tuple[object, int, str]:
     from .engine import Engine
     from .pipeline import segment_objects
     from .preprocess import window_to_uint8
     from .session import Session
-    from .volume_io import read_volume, write_mask
 
-    specs = _objects_from_args(args)
-    if args.server:
-        from .remote import segment_remote
-
-        return segment_remote(args, specs)
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise VolumeError(f"{out}: output folder {out.parent} does not exist")
-    if args.window is not None and args.modality != "ct":
-        raise PreprocessError("--window is only used with --modality ct")
-    volume = read_volume(args.input)
-    volume_u8 = window_to_uint8(volume.array, args.modality,
+    volume_u8 = window_to_uint8(volume.array, args.modality,  # type: ignore[attr-defined]
                                 tuple(args.window) if args.window else None)
     checkpoint = resolve_checkpoint(args.checkpoint, download=args.download)
-    t0 = time.perf_counter()
     engine = Engine.from_checkpoint(checkpoint, args.device, args.threads)
     session = Session(engine, volume_u8)
-    for spec in specs:
-        session.check_prompt(spec.axis, spec.slice, spec.prompt)
     bar = None if args.quiet else _progress_bar(specs, session)
     try:
         labels, overlap = segment_objects(
@@ -148,18 +170,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     finally:
         if bar:
             bar.close()
-    write_mask(out, labels, volume,
-               segments=[(s.label, s.name, s.color) for s in specs])
-    if not args.quiet:
-        secs = time.perf_counter() - t0
-        voxels = {s.name: int((labels == s.label).sum()) for s in specs}
-        print(f"wrote {out} ({', '.join(f'{k}: {v} voxels' for k, v in voxels.items())}; "
-              f"{secs:.1f} s on {engine.device}, {engine.encoder_calls} slices encoded)",
-              file=sys.stderr)
-        if overlap:
-            print(f"note: {overlap} voxels were claimed by two objects; the first listed kept "
-                  "them", file=sys.stderr)
-    return 0
+    return labels, overlap, f"on {engine.device}, {engine.encoder_calls} slices encoded"
 
 
 def _progress_bar(specs: list[ObjectSpec], session: object):  # noqa: ANN202

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import CheckpointError  # noqa: F401  (re-exported: callers catch it here)
+
 CONFIG_NAME = "medsam2_hiera_t512.yaml"
 IMAGE_SIZE = 512
 # MedSAM2 builds its predictor with fill_hole_area=8 (holes up to 8 low-res pixels).
 FILL_HOLE_AREA = 8
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used with this model (one clear message)."""
 
 
 def _load_config():  # -> omegaconf.DictConfig
@@ -64,9 +62,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return payload["model"]
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike,
+                    state: dict[str, torch.Tensor] | None = None) -> None:
     """Load weights strictly; name missing/unexpected/mis-shaped keys in one error."""
-    state = read_state_dict(path)
+    if state is None:
+        state = read_state_dict(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -145,6 +145,7 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "auto
                ) -> tuple[torch.nn.Module, torch.device]:
     """Build, strictly load and move the model; returns it with the device used."""
     dev = pick_device(device) if isinstance(device, str) else device
+    state = read_state_dict(checkpoint)  # a bad file fails before the network is built
     model = build_model("cpu")
-    load_checkpoint(model, checkpoint)
+    load_checkpoint(model, checkpoint, state)
     return model.to(dev).eval(), dev

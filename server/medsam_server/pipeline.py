@@ -7,76 +7,18 @@ from a fresh memory), optional 3D largest connected component.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from .postprocess import largest_connected_component
-from .preprocess import AXES
-from .prompts import Prompt, PromptError
+from .postprocess import add_object
+from .prompts import Prompt
 from .session import Session, SliceResult
+from .specs import ObjectSpec
 
 Recipe = Literal["box", "mask"]
-DEFAULT_COLORS = [
-    (0.50, 0.68, 0.50), (0.95, 0.84, 0.57), (0.69, 0.48, 0.39), (0.44, 0.72, 0.98),
-    (0.85, 0.40, 0.40), (0.72, 0.51, 0.85), (0.35, 0.75, 0.75), (0.90, 0.60, 0.30),
-]
-
-
-@dataclass(frozen=True)
-class ObjectSpec:
-    """One object to segment: its output label, name, colour and its prompt."""
-
-    label: int
-    name: str
-    axis: str
-    slice: int
-    prompt: Prompt
-    color: tuple[float, float, float] = DEFAULT_COLORS[0]
-
-
-def load_prompts_file(path: str | Path) -> list[ObjectSpec]:
-    """Read ``{"objects": [{label, name, slice, axis, box, points, point_labels, color}]}``."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise PromptError(f"cannot read prompts file {path}: {exc}") from None
-    items = data.get("objects") if isinstance(data, dict) else data
-    if not isinstance(items, list) or not items:
-        raise PromptError(f"{path}: expected a non-empty list under 'objects'")
-    specs: list[ObjectSpec] = []
-    for n, item in enumerate(items, start=1):
-        where = f"{path}: object {n}"
-        if not isinstance(item, dict):
-            raise PromptError(f"{where} is not a JSON object")
-        try:
-            label = int(item.get("label", n))
-            axis = str(item.get("axis", "k"))
-            index = int(item["slice"])
-            box = item.get("box")
-            points = [tuple(map(float, p)) for p in item.get("points", [])]
-            labels = [int(v) for v in item.get("point_labels", [1] * len(points))]
-            color = tuple(float(c) for c in item.get("color", DEFAULT_COLORS[(n - 1) % 8]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PromptError(f"{where}: bad or missing field ({exc})") from None
-        if not 1 <= label <= 255:
-            raise PromptError(f"{where}: label {label} must be 1..255")
-        if axis not in AXES:
-            raise PromptError(f"{where}: axis {axis!r} must be k, j or i")
-        if len(color) != 3:
-            raise PromptError(f"{where}: color must be three numbers 0..1")
-        prompt = Prompt(box=tuple(map(float, box)) if box is not None else None,
-                        points=tuple(points), labels=tuple(labels))
-        specs.append(ObjectSpec(label, str(item.get("name", f"Segment_{label}")), axis, index,
-                                prompt, color))  # type: ignore[arg-type]
-    if len({s.label for s in specs}) != len(specs):
-        raise PromptError(f"{path}: two objects share a label")
-    return specs
 
 
 def segment_objects(session: Session, specs: list[ObjectSpec], *, recipe: Recipe = "box",
@@ -99,10 +41,5 @@ def segment_objects(session: Session, specs: list[ObjectSpec], *, recipe: Recipe
                                    progress=progress, cancel=cancel)
         if report.cancelled:
             raise KeyboardInterrupt("segmentation cancelled")
-        mask = session.mask(spec.label)
-        if lcc:
-            mask = largest_connected_component(mask)
-        taken = labels != 0
-        overlap += int(np.count_nonzero(mask & taken))
-        labels[mask & ~taken] = spec.label
+        overlap += add_object(labels, session.mask(spec.label), spec.label, lcc=lcc)
     return labels, overlap

@@ -54,3 +54,15 @@ def fill_small_holes(logits: np.ndarray, max_area: int, fill_value: float = 0.1)
         areas[0] = max_area + 1  # label 0 is the foreground, never a hole
         image[areas[labels] <= max_area] = fill_value
     return out
+
+
+def add_object(labels: np.ndarray, mask: np.ndarray, label: int, *, lcc: bool) -> int:
+    """Write ``label`` where ``mask`` is set and no earlier object is; returns voxels refused.
+
+    Earlier objects keep overlapping voxels: nothing already labelled is overwritten.
+    """
+    if lcc:
+        mask = largest_connected_component(mask)
+    taken = labels != 0
+    labels[mask & ~taken] = label
+    return int(np.count_nonzero(mask & taken))

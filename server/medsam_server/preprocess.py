@@ -66,6 +66,7 @@ def window_to_uint8(volume: np.ndarray, modality: Modality = "ct",
         if positive.size == 0:
             raise PreprocessError("MR volume has no voxel > 0; nothing to normalise")
         lo, hi = np.percentile(positive, [0.5, 99.5])
+        del positive  # a copy of most of the volume: free it before the stretch
         return _clip_stretch(volume, float(lo), float(hi), keep_zero=True)
     raise PreprocessError(f"unknown modality {modality!r}: use ct, mr or none")
 

@@ -81,6 +81,19 @@ def validate_prompt(prompt: Prompt, slice_shape: tuple[int, int]) -> Prompt:
     )
 
 
+def check_slice_prompt(shape: tuple[int, int, int], axis: str, index: int,
+                       prompt: Prompt) -> Prompt:
+    """Validate axis, slice index and prompt against a volume shape (numpy k, j, i order)."""
+    from .preprocess import AXES, slice_shape
+
+    if axis not in AXES:
+        raise PromptError(f"unknown axis {axis!r}: use k, j or i")
+    n = shape[AXES.index(axis)]
+    if isinstance(index, bool) or not isinstance(index, int | np.integer) or not 0 <= index < n:
+        raise PromptError(f"slice {index} is outside 0..{n - 1} along axis {axis}")
+    return validate_prompt(prompt, slice_shape(shape, axis))
+
+
 def merge_points(old: Prompt | None, new: Prompt) -> Prompt:
     """Points added to a slice keep that slice's box and earlier points (SAM refinement)."""
     if old is None or old.is_mask or new.box is not None or new.is_mask:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .engine import Engine, StepOutput, upsample_logits
-from .preprocess import AXES, axis_index, model_input, slice_shape
-from .prompts import Prompt, PromptError, merge_points, validate_prompt
+from .preprocess import axis_index, model_input, slice_shape
+from .prompts import Prompt, PromptError, check_slice_prompt, merge_points
 
 Direction = Literal["both", "forward", "backward"]
 
@@ -111,8 +111,7 @@ class Session:
     # ---- editing -------------------------------------------------------------------
     def check_prompt(self, axis: str, index: int, prompt: Prompt) -> Prompt:
         """Validate a prompt for a slice without running the model (clipped box returned)."""
-        self._check_index(axis, index)
-        return validate_prompt(prompt, self.slice_shape(axis))
+        return check_slice_prompt(self.shape, axis, index, prompt)
 
     def add_prompt(self, object_id: int, axis: str, index: int, prompt: Prompt) -> SliceResult:
         """Prompt one slice and return its mask at once (no propagation).
@@ -287,13 +286,6 @@ class Session:
         if len(axes) != 1:
             raise PromptError(f"object {object_id} has prompts on axes {axes}: name the axis")
         return axes[0]
-
-    def _check_index(self, axis: str, index: int) -> None:
-        if axis not in AXES:
-            raise PromptError(f"unknown axis {axis!r}: use k, j or i")
-        n = self.num_slices(axis)
-        if not isinstance(index, int | np.integer) or not 0 <= index < n:
-            raise PromptError(f"slice {index} is outside 0..{n - 1} along axis {axis}")
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -189,6 +189,19 @@ def _itk_reason(exc: RuntimeError) -> str:
     return reason.removeprefix("sitk::ERROR:").strip()
 
 
+def check_output_path(path: str | os.PathLike) -> str:
+    """Check a mask output path before any work is done; returns its type suffix."""
+    out = Path(path)
+    suffix = next((s for s in _MASK_SUFFIXES if out.name.lower().endswith(s)), None)
+    if suffix is None:
+        raise VolumeError(f"{out}: unknown output type, name it .nii.gz, .nii, .nrrd or .seg.nrrd")
+    if not out.parent.is_dir():
+        raise VolumeError(f"{out}: output folder {out.parent} does not exist")
+    if out.is_dir():
+        raise VolumeError(f"{out}: is a folder, give a file name")
+    return suffix
+
+
 def write_mask(
     path: str | os.PathLike,
     mask: np.ndarray,
@@ -205,13 +218,7 @@ def write_mask(
     Returns the path written.
     """
     out = Path(path)
-    suffix = next((s for s in _MASK_SUFFIXES if out.name.lower().endswith(s)), None)
-    if suffix is None:
-        raise VolumeError(f"{out}: unknown output type, name it .nii.gz, .nii, .nrrd or .seg.nrrd")
-    if not out.parent.is_dir():
-        raise VolumeError(f"{out}: output folder {out.parent} does not exist")
-    if out.is_dir():
-        raise VolumeError(f"{out}: is a folder, give a file name")
+    suffix = check_output_path(out)
 
     labels = _as_label_array(out, mask, like)
     seg_list = _check_segments(
