@@ -1,0 +1,414 @@
+"""HTTP client for medsam-server: what MedSAMSegment (inside 3D Slicer) talks through.
+
+numpy + requests only (zstandard when present), no torch, no slicer. Every failure —
+unreachable server, timeout, HTTP error, malformed answer — is raised as ``MedSAMError``
+with a message a user can act on, the server's own message included.
+
+Retries: only idempotent calls (GET, DELETE) are retried, on connection failures and
+502/503/504. POST/PUT are never retried: a request may have reached the server even
+when the connection broke, and a second prompt or propagation is not harmless.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import requests
+
+from . import protocol as P
+
+Timeout = tuple[float, float]
+TERMINAL_JOB_STATES = ("done", "cancelled", "failed")
+# MedSAMError.code for a session / job the server does not know (any more): upload again
+SESSION_GONE = "session_gone"
+JOB_GONE = "job_gone"
+_RETRY_STATUS = (502, 503, 504)
+
+
+class MedSAMError(Exception):
+    """Any failure talking to medsam-server. ``status``: HTTP status; ``code``: error code."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+@dataclass
+class SessionHandle:
+    """A server session holding one uploaded volume."""
+
+    session_id: str
+    shape: tuple[int, int, int]
+    volume_sha256: str
+    modality: str = "ct"
+    window: tuple[float, ...] | None = None
+
+
+def slice_mask(update: P.SliceUpdate) -> np.ndarray:
+    """The full 2D bool mask of a slice update (the wire carries it cropped)."""
+    try:
+        return P.uncrop_mask(update.mask)
+    except P.CodecError as exc:
+        raise MedSAMError(f"medsam-server sent an undecodable slice mask: {exc}") from None
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _wire_volume(volume: np.ndarray) -> np.ndarray:
+    """The volume as a dtype the protocol accepts (int64/float16 etc. are converted)."""
+    a = np.asarray(volume)
+    if a.ndim != 3:
+        raise MedSAMError(f"a volume must be 3D (k, j, i), got shape {a.shape}")
+    if a.dtype.name in P.VOLUME_DTYPES:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer) and a.size:
+        info = np.iinfo(np.int32)
+        if info.min <= a.min() and a.max() <= info.max:
+            return a.astype(np.int32)
+    if np.issubdtype(a.dtype, np.floating):
+        return a.astype(np.float32 if a.dtype.itemsize <= 4 else np.float64)
+    raise MedSAMError(f"voxel type {a.dtype} cannot be sent; use one of {P.VOLUME_DTYPES}")
+
+
+class MedSAMClient:
+    """One medsam-server at ``url`` (e.g. ``http://127.0.0.1:8765``), bearer ``token``.
+
+    ``timeout`` = (connect, read) seconds for every call; uploads read up to
+    ``upload_timeout`` seconds (the server decompresses, hashes and windows the volume).
+    Thread-safe enough for one propagation thread beside GUI-thread calls.
+    """
+
+    def __init__(self, url: str, token: str | None, *, timeout: Timeout = (5.0, 60.0),
+                 upload_timeout: float = 300.0, retries: int = 2) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = (float(timeout[0]), float(timeout[1]))
+        self.upload_timeout = float(upload_timeout)
+        self.retries = retries
+        self._http = requests.Session()
+        # A proxy from the environment (HTTP_PROXY) must not capture 127.0.0.1 traffic.
+        self._http.trust_env = not _is_loopback(self.url)
+        if token:
+            self._http.headers["Authorization"] = f"Bearer {token}"
+        self._last: SessionHandle | None = None  # ensure_session's current session
+        self._server_encodings: tuple[str, ...] | None = None  # from /info, on first upload
+
+    # ---- connection ----------------------------------------------------------------
+    def health(self) -> P.Health:
+        return self._call(P.Health, "GET", "/health")
+
+    def info(self) -> P.Info:
+        """Test the connection and the token; the server must speak our protocol version."""
+        info = self._call(P.Info, "GET", "/info")
+        if info.protocol != P.PROTOCOL_VERSION:
+            raise MedSAMError(
+                f"medsam-server at {self.url} (version {info.version}) speaks protocol "
+                f"{info.protocol}, this client speaks {P.PROTOCOL_VERSION}: update the older "
+                "of the two so their versions match", code="protocol_mismatch")
+        self._server_encodings = tuple(info.encodings)
+        return info
+
+    def close(self) -> None:
+        """Release the HTTP connections (server sessions stay until closed or expired)."""
+        self._http.close()
+
+    def __enter__(self) -> MedSAMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- sessions ------------------------------------------------------------------
+    def upload(self, volume: np.ndarray, *, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+               origin: Sequence[float] = (0.0, 0.0, 0.0),
+               direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
+               modality: P.Modality = "ct", window: Sequence[float] | None = None,
+               name: str = "") -> SessionHandle:
+        """Create a session and send the raw voxels (the server windows them)."""
+        vol = _wire_volume(volume)
+        return self._upload(vol, _volume_meta(vol, P.sha256_array(vol), spacing, origin,
+                                              direction, modality, window, name))
+
+    def ensure_session(self, volume: np.ndarray, **kwargs: Any) -> SessionHandle:
+        """Upload ``volume`` unless the last session still holds the same voxels and settings.
+
+        Same keyword arguments as ``upload``. A server restart or expiry (session gone)
+        and a changed volume, modality or window all lead to a fresh upload; the
+        replaced session is closed.
+        """
+        vol = _wire_volume(volume)
+        meta = _volume_meta(vol, P.sha256_array(vol), **kwargs)
+        last = self._last
+        if last is not None and (last.volume_sha256, last.modality, last.window) == (
+                meta.sha256, meta.modality, _tuple(meta.window)):
+            try:
+                info = self.session_info(last)
+                if info.state == "ready" and info.volume_sha256 == meta.sha256:
+                    return last
+            except MedSAMError as exc:
+                if exc.code != SESSION_GONE:
+                    raise
+        if last is not None:
+            self.close_session(last, quiet=True)
+        self._last = self._upload(vol, meta)
+        return self._last
+
+    def _upload(self, vol: np.ndarray, meta: P.VolumeMeta) -> SessionHandle:
+        meta.encoding = self._upload_encoding()
+        created = self._call(P.SessionInfo, "POST", "/sessions", json=P.to_json(meta))
+        le = np.ascontiguousarray(vol).astype(vol.dtype.newbyteorder("<"), copy=False)
+        body = P.compress(le.tobytes(), meta.encoding)
+        timeout = (self.timeout[0], max(self.timeout[1], self.upload_timeout))
+        info = self._call(P.SessionInfo, "PUT", f"/sessions/{created.session_id}/volume",
+                          data=body, headers={"Content-Type": "application/octet-stream"},
+                          timeout=timeout)
+        return SessionHandle(info.session_id, tuple(info.shape),  # type: ignore[arg-type]
+                             info.volume_sha256, meta.modality, _tuple(meta.window))
+
+    def _upload_encoding(self) -> P.Encoding:
+        """Our best encoding if the server has it too, else zlib (both always have it)."""
+        if self._server_encodings is None:
+            self._server_encodings = tuple(self.info().encodings)
+        best = P.best_encoding()
+        return best if best in self._server_encodings else "zlib"
+
+    def session_info(self, session: SessionHandle | str) -> P.SessionInfo:
+        return self._call(P.SessionInfo, "GET", f"/sessions/{_sid(session)}")
+
+    def close_session(self, session: SessionHandle | str, *, missing_ok: bool = True,
+                      quiet: bool = False) -> None:
+        """Free the session on the server; a session already gone counts as closed."""
+        sid = _sid(session)
+        if self._last is not None and self._last.session_id == sid:
+            self._last = None
+        try:
+            self._call(P.Deleted, "DELETE", f"/sessions/{sid}")
+        except MedSAMError as exc:
+            if quiet or (missing_ok and exc.status == 404):
+                return
+            raise
+
+    # ---- prompts and results -------------------------------------------------------
+    def prompt(self, session: SessionHandle | str, object_id: int, axis: P.Axis, index: int,
+               box: Sequence[float] | None = None,
+               points: Sequence[Sequence[float]] | None = None,
+               point_labels: Sequence[int] | None = None,
+               mask: np.ndarray | None = None) -> P.SliceUpdate:
+        """Prompt one slice; returns that slice's new mask (see ``slice_mask``)."""
+        pts = [[float(x), float(y)] for x, y in (points or [])]
+        labels = [int(v) for v in point_labels] if point_labels is not None else [1] * len(pts)
+        req = P.PromptRequest(
+            object_id=int(object_id), axis=axis, index=int(index),
+            box=None if box is None else [float(v) for v in box], points=pts,
+            point_labels=labels,
+            mask=None if mask is None else P.encode_array(np.asarray(mask, dtype=bool)))
+        return self._call(P.SliceUpdate, "POST", f"/sessions/{_sid(session)}/prompt",
+                          json=P.to_json(req))
+
+    def object_mask(self, session: SessionHandle | str, object_id: int) -> np.ndarray:
+        """The object's bool mask over the whole volume."""
+        om = self._call(P.ObjectMask, "GET", f"/sessions/{_sid(session)}/objects/{object_id}/mask")
+        try:
+            return P.uncrop_mask(om.mask)
+        except P.CodecError as exc:
+            raise MedSAMError(f"medsam-server sent an undecodable mask: {exc}") from None
+
+    def delete_object(self, session: SessionHandle | str, object_id: int) -> None:
+        self._call(P.Deleted, "DELETE", f"/sessions/{_sid(session)}/objects/{object_id}")
+
+    # ---- propagation jobs ----------------------------------------------------------
+    def start_propagation(self, session: SessionHandle | str, object_ids: Sequence[int], *,
+                          axis: P.Axis | None = None, direction: P.Direction = "both",
+                          start: int | None = None, first: int | None = None,
+                          last: int | None = None, stop_after_empty: int = 0,
+                          converge_iou: float = 0.98) -> str:
+        req = P.PropagateRequest(object_ids=[int(o) for o in object_ids], axis=axis,
+                                 direction=direction, start=start, first=first, last=last,
+                                 stop_after_empty=stop_after_empty, converge_iou=converge_iou)
+        job = self._call(P.JobInfo, "POST", f"/sessions/{_sid(session)}/propagate",
+                         json=P.to_json(req))
+        return job.job_id
+
+    def poll(self, job_id: str, since: int = 0, wait: float = 0.0) -> P.JobInfo:
+        """Job state plus slice updates from ``since`` on; waits up to ``wait`` s for news."""
+        timeout = (self.timeout[0], self.timeout[1] + wait)  # the server holds the answer
+        return self._call(P.JobInfo, "GET", f"/jobs/{job_id}",
+                          params={"since": int(since), "wait": float(wait)}, timeout=timeout)
+
+    def cancel(self, job_id: str) -> P.JobInfo:
+        return self._call(P.JobInfo, "POST", f"/jobs/{job_id}/cancel")
+
+    def propagate(self, session: SessionHandle | str, object_ids: Sequence[int], *,
+                  axis: P.Axis | None = None, direction: P.Direction = "both",
+                  start: int | None = None, first: int | None = None, last: int | None = None,
+                  stop_after_empty: int = 0, converge_iou: float = 0.98,
+                  on_update: Callable[[P.SliceUpdate], None] | None = None,
+                  cancel: threading.Event | None = None, poll_wait: float = 1.0) -> P.JobInfo:
+        """Run a propagation job to its end, calling ``on_update`` for each slice result.
+
+        Setting ``cancel`` asks the server to stop; the job then ends "cancelled". Returns
+        the final JobInfo with every update received; a failed job raises MedSAMError.
+        """
+        job_id = self.start_propagation(
+            session, object_ids, axis=axis, direction=direction, start=start, first=first,
+            last=last, stop_after_empty=stop_after_empty, converge_iou=converge_iou)
+        received: list[P.SliceUpdate] = []
+        since, cancel_sent = 0, False
+        try:
+            while True:
+                if cancel is not None and cancel.is_set() and not cancel_sent:
+                    self.cancel(job_id)
+                    cancel_sent = True
+                # short waits while cancellable, so a cancel is sent within ~poll_wait
+                job = self.poll(job_id, since, poll_wait)
+                for update in job.updates:
+                    received.append(update)
+                    if on_update is not None:
+                        on_update(update)
+                since = job.next_since if job.next_since >= since else since + len(job.updates)
+                if job.state in TERMINAL_JOB_STATES:
+                    break
+        except BaseException:
+            # the caller stops listening (error, Ctrl-C): don't leave the server busy
+            if not cancel_sent:
+                try:
+                    self.cancel(job_id)
+                except MedSAMError:
+                    pass
+            raise
+        if job.state == "failed":
+            err = job.error
+            raise MedSAMError(f"propagation failed on the server: "
+                              f"{err.message if err else 'no reason given'}",
+                              code=err.error if err else "job_failed")
+        job.updates = received
+        return job
+
+    # ---- transport -----------------------------------------------------------------
+    def _call(self, cls: type, method: str, path: str, **kwargs: Any) -> Any:
+        data = self._request(method, path, **kwargs)
+        try:
+            return P.from_json(cls, data)
+        except P.CodecError as exc:
+            raise MedSAMError(f"medsam-server at {self.url} sent a malformed {cls.__name__} "
+                              f"for {method} {path}: {exc}", code="bad_response") from None
+
+    def _request(self, method: str, path: str, *, timeout: Timeout | None = None,
+                 **kwargs: Any) -> Any:
+        timeout = timeout or self.timeout
+        attempts = 1 + (self.retries if method in ("GET", "DELETE") else 0)
+        for attempt in range(attempts):
+            last_try = attempt == attempts - 1
+            try:
+                resp = self._http.request(method, self.url + path, timeout=timeout, **kwargs)
+            except requests.Timeout:
+                raise MedSAMError(f"medsam-server at {self.url} did not answer {method} {path} "
+                                  f"within {timeout[1]:g} s (busy or stuck?)",
+                                  code="timeout") from None
+            except requests.ConnectionError as exc:
+                if last_try:
+                    raise MedSAMError(f"cannot reach medsam-server at {self.url}: "
+                                      f"{_reason(exc)}; is it running?",
+                                      code="unreachable") from None
+                time.sleep(0.25 * 2 ** attempt)
+                continue
+            except requests.RequestException as exc:
+                raise MedSAMError(f"request to medsam-server at {self.url} failed: {exc}",
+                                  code="request_failed") from None
+            if resp.status_code in _RETRY_STATUS and not last_try:
+                time.sleep(0.25 * 2 ** attempt)
+                continue
+            if resp.status_code >= 400:
+                raise self._http_error(resp, method, path)
+            try:
+                return resp.json()
+            except ValueError:
+                raise MedSAMError(f"{self.url} answered {method} {path} with something that is "
+                                  f"not JSON ({resp.text[:80]!r}); is it a medsam-server?",
+                                  status=resp.status_code, code="bad_response") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _http_error(self, resp: requests.Response, method: str, path: str) -> MedSAMError:
+        status = resp.status_code
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and "message" in body:
+            code, message = str(body.get("error", "")), str(body["message"])
+        elif isinstance(body, dict) and "detail" in body:  # a framework default error
+            code, message = "http_error", str(body["detail"])
+        else:
+            code, message = "http_error", f"HTTP {status} ({resp.text[:120]!r})"
+        if status == 401:
+            return MedSAMError(f"medsam-server at {self.url} rejected the token: {message}",
+                               status, code)
+        if status == 404 and self._session_gone(path):
+            return MedSAMError("the server no longer has this session (restarted or expired); "
+                               f"upload again ({message})", status, SESSION_GONE)
+        if status == 404 and path.startswith("/jobs/"):
+            return MedSAMError("the server no longer knows this propagation job (restarted?); "
+                               f"start it again ({message})", status, JOB_GONE)
+        return MedSAMError(f"medsam-server: {message} [{method} {path} → {status}]", status, code)
+
+    def _session_gone(self, path: str) -> bool:
+        """Is a 404 on ``path`` about the session itself (not e.g. one of its objects)?"""
+        parts = path.split("/")  # "", "sessions", sid, ...
+        if len(parts) < 3 or parts[1] != "sessions":
+            return False
+        if len(parts) == 3 or parts[3] == "volume":
+            return True
+        # the server uses one "not_found" code for sessions and objects: ask about the session
+        try:
+            probe = self._http.get(f"{self.url}/sessions/{parts[2]}", timeout=self.timeout)
+        except requests.RequestException:
+            return False
+        return probe.status_code == 404
+
+
+def _volume_meta(vol: np.ndarray, sha: str, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                 origin: Sequence[float] = (0.0, 0.0, 0.0),
+                 direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
+                 modality: P.Modality = "ct", window: Sequence[float] | None = None,
+                 name: str = "") -> P.VolumeMeta:
+    return P.VolumeMeta(shape=list(vol.shape), dtype=vol.dtype.name, sha256=sha,
+                        spacing=[float(v) for v in spacing], origin=[float(v) for v in origin],
+                        direction=[float(v) for v in direction], modality=modality,
+                        window=None if window is None else [float(v) for v in window],
+                        name=str(name))
+
+
+def _tuple(window: list[float] | None) -> tuple[float, ...] | None:
+    return None if window is None else tuple(window)
+
+
+def _sid(session: SessionHandle | str) -> str:
+    return session.session_id if isinstance(session, SessionHandle) else str(session)
+
+
+def _reason(exc: Exception) -> str:
+    # requests nests urllib3 errors several levels deep; the innermost text says why
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out",
+                   "No route to host", "Connection reset", "Remote end closed"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return text[:200]
