@@ -1,0 +1,212 @@
+"""FastAPI routes: HTTP in, ``Service`` calls, protocol messages out. Nothing else.
+
+Every error leaves as ``ErrorBody`` JSON: ``errors.ServiceError`` subclasses map to
+their status here, validation errors to 422, codec/prompt/preprocess errors to 400,
+anything unexpected to a 500 that names no internals.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the route signatures at run
+# time, and they refer to names local to create_app.
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from medsam_client.protocol import (
+    CodecError,
+    Deleted,
+    ErrorBody,
+    Health,
+    Info,
+    JobInfo,
+    ObjectMask,
+    PromptRequest,
+    PropagateRequest,
+    SessionInfo,
+    SliceUpdate,
+    VolumeMeta,
+    array_nbytes,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..engine import Engine
+from ..preprocess import PreprocessError
+from ..prompts import PromptError
+from . import errors
+from .config import ServiceConfig
+from .jobs import Job
+from .middleware import AccessLogMiddleware, BodyLimitMiddleware
+from .operations import Service
+from .sessions import ServiceSession
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    errors.BadInput: 400, errors.Unauthorized: 401, errors.NotFound: 404,
+    errors.WrongState: 409, errors.TooLarge: 413, errors.TooManySessions: 429,
+}
+CODE_FOR_STATUS = {400: "bad_input", 401: "unauthorized", 404: "not_found",
+                   405: "method_not_allowed", 409: "wrong_state", 413: "too_large",
+                   422: "invalid_request", 429: "too_many_sessions"}
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status,
+                        headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def service_error(request: Request, exc: errors.ServiceError) -> JSONResponse:
+        status = next(code for cls, code in STATUS.items() if isinstance(exc, cls))
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return _error(status, exc.code, exc.message, headers)
+
+    async def input_error(request: Request, exc: Exception) -> JSONResponse:
+        return _error(400, "bad_input", str(exc))
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # where and what, never the input itself (it may be megabytes of base64)
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+                    for e in exc.errors()[:5]]
+        more = len(exc.errors()) - len(problems)
+        return _error(422, "invalid_request", "; ".join(problems) + (f" (+{more} more)"
+                                                                     if more > 0 else ""))
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}; see /openapi.json"
+        code = CODE_FOR_STATUS.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, message, getattr(exc, "headers", None))
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s", request.method, request.url.path,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        return _error(500, "internal", "internal server error; the server log has the details")
+
+    app.add_exception_handler(errors.ServiceError, service_error)
+    for cls in (CodecError, PromptError, PreprocessError):
+        app.add_exception_handler(cls, input_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
+               worker_thread: bool = True) -> FastAPI:
+    """The service app; starts its session sweeper and (``worker_thread``) model worker
+    threads at once; ``app.state.service.close()`` stops them."""
+    service = Service(config, engine if isinstance(engine, Engine) else engine())
+    app = FastAPI(title="medsam-server", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url=None, swagger_ui_oauth2_redirect_url=None)
+    app.state.service = service
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: (
+        config.max_upload_bytes if path.endswith("/volume") else config.json_limit_bytes))
+    app.add_middleware(AccessLogMiddleware)
+
+    bearer = HTTPBearer(auto_error=False, description="the token the server was started with")
+    token = config.token.encode()
+
+    def require_token(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token):
+            raise errors.Unauthorized("missing or wrong bearer token: send the header "
+                                      "'Authorization: Bearer <token>' the server was started with")
+
+    def session_dep(sid: str) -> ServiceSession:
+        return service.sessions.get(sid)
+
+    def job_dep(jid: str) -> Job:
+        return service.jobs.get(jid)
+
+    SessionDep = Annotated[ServiceSession, Depends(session_dep)]
+    JobDep = Annotated[Job, Depends(job_dep)]
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        return Health("ok", __version__)
+
+    # documented error answers (all ErrorBody), so the schema tells clients the truth
+    api = APIRouter(dependencies=[Depends(require_token)], responses={
+        status: {"model": ErrorBody, "description": code}
+        for status, code in CODE_FOR_STATUS.items() if status != 405})
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @api.get("/info", response_model=Info)
+    async def info() -> Info:
+        return service.info()
+
+    @api.post("/sessions", response_model=SessionInfo)
+    async def create_session(meta: VolumeMeta) -> SessionInfo:
+        return service.create_session(meta)
+
+    @api.put("/sessions/{sid}/volume", response_model=SessionInfo, openapi_extra={
+        "requestBody": {"required": True, "description": "the voxels as VolumeMeta announced",
+                        "content": {"application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}}}}})
+    async def upload_volume(request: Request, s: SessionDep) -> SessionInfo:
+        service.sessions.require_awaiting_volume(s)  # before reading a big body for nothing
+        meta = s.meta
+        length = request.headers.get("content-length")
+        if meta.encoding == "raw" and length is not None \
+                and int(length) != array_nbytes(meta.shape, meta.dtype):
+            raise errors.BadInput(f"raw body of {length} bytes, but dtype {meta.dtype} and shape "
+                                  f"{meta.shape} need {array_nbytes(meta.shape, meta.dtype)}")
+        body = bytearray()
+        async for chunk in request.stream():  # BodyLimitMiddleware counts these bytes
+            body += chunk
+        return await run_in_threadpool(service.upload, s, body)
+
+    @api.get("/sessions/{sid}", response_model=SessionInfo)
+    async def get_session(s: SessionDep) -> SessionInfo:
+        return service.session_info(s)
+
+    @api.delete("/sessions/{sid}", response_model=Deleted)
+    async def delete_session(s: SessionDep) -> Deleted:
+        return service.delete_session(s)
+
+    @api.post("/sessions/{sid}/prompt", response_model=SliceUpdate)
+    async def prompt(req: PromptRequest, s: SessionDep) -> SliceUpdate:
+        # shield: a client that goes away must not cancel work already accepted
+        return await asyncio.shield(asyncio.wrap_future(service.prompt(s, req)))
+
+    @api.post("/sessions/{sid}/propagate", response_model=JobInfo)
+    async def propagate(req: PropagateRequest, s: SessionDep) -> JobInfo:
+        return service.propagate(s, req)
+
+    @api.get("/sessions/{sid}/objects/{oid}/mask", response_model=ObjectMask)
+    def object_mask(oid: int, s: SessionDep) -> ObjectMask:  # sync: runs in the threadpool
+        return service.object_mask(s, oid)
+
+    @api.delete("/sessions/{sid}/objects/{oid}", response_model=Deleted)
+    async def delete_object(oid: int, s: SessionDep) -> Deleted:
+        return await asyncio.shield(asyncio.wrap_future(service.delete_object(s, oid)))
+
+    @api.get("/jobs/{jid}", response_model=JobInfo)
+    async def job_status(job: JobDep, since: Annotated[int, Query(ge=0)] = 0,
+                         wait: Annotated[float, Query(ge=0)] = 0.0) -> JobInfo:
+        job.info(since)  # a bad ``since`` fails now, not after the wait
+        await job.wait(since, min(wait, config.max_wait_s))
+        service.sessions.touch(job.session_id)
+        return job.info(since)
+
+    @api.post("/jobs/{jid}/cancel", response_model=JobInfo)
+    async def cancel_job(job: JobDep) -> JobInfo:
+        job.cancel()
+        return job.info(len(job.updates))
+
+    app.include_router(api)
+    service.start(worker_thread)
+    return app

@@ -1,0 +1,55 @@
+"""Limits, timeouts and identity of one running service."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    token: str
+    model_name: str = "MedSAM2"
+    checkpoint_sha256: str = ""
+    idle_timeout_s: float = 1800.0
+    memory_budget_bytes: int = 4096 * MB
+    max_upload_bytes: int = 1024 * MB
+    # JSON bodies (prompts with a mask) never need much; a lower cap bounds parse memory
+    max_json_bytes: int = 64 * MB
+    max_wait_s: float = 30.0  # longest long poll on GET /jobs/{id}
+    job_keep_s: float = 600.0  # finished jobs stay readable this long
+    max_sessions: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("the service needs a non-empty bearer token")
+        for name in ("idle_timeout_s", "max_wait_s", "job_keep_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+        for name in ("memory_budget_bytes", "max_upload_bytes", "max_json_bytes", "max_sessions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def json_limit_bytes(self) -> int:
+        return min(self.max_json_bytes, self.max_upload_bytes)
+
+    @property
+    def sweep_interval_s(self) -> float:
+        # often enough that a short idle timeout is honoured within ~25 %
+        return min(max(self.idle_timeout_s / 4.0, 0.1), 10.0)
+
+    def limits(self) -> dict[str, int]:
+        """The limits a client may want to know (``/info``), all integers."""
+        return {
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_json_bytes": self.json_limit_bytes,
+            "memory_budget_bytes": self.memory_budget_bytes,
+            "idle_timeout_s": math.ceil(self.idle_timeout_s),
+            "max_wait_s": math.floor(self.max_wait_s),
+            "job_keep_s": math.ceil(self.job_keep_s),
+            "max_sessions": self.max_sessions,
+        }

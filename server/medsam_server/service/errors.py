@@ -1,0 +1,44 @@
+"""What a request can get wrong, as protocol error codes (``ErrorBody.error``).
+
+Plain exceptions, no HTTP: ``app.py`` maps each class to a status code.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base: ``code`` goes on the wire, ``message`` says what to do about it."""
+
+    code = "bad_input"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(ServiceError):
+    code = "bad_input"
+
+
+class Unauthorized(ServiceError):
+    code = "unauthorized"
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class WrongState(ServiceError):
+    code = "wrong_state"
+
+
+class Busy(WrongState):
+    code = "busy"
+
+
+class TooLarge(ServiceError):
+    code = "too_large"
+
+
+class TooManySessions(ServiceError):
+    code = "too_many_sessions"

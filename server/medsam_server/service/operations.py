@@ -1,0 +1,288 @@
+"""What each route does, in protocol messages and without HTTP.
+
+Requests are checked here, synchronously, so bad input fails at once with a reason
+instead of failing later on the model thread. Model work then goes to the one worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from medsam_client.protocol import (
+    MASK_DTYPES,
+    PROTOCOL_VERSION,
+    Deleted,
+    ErrorBody,
+    Info,
+    JobInfo,
+    ObjectMask,
+    PromptRequest,
+    PropagateRequest,
+    SessionInfo,
+    SliceUpdate,
+    VolumeMeta,
+    available_encodings,
+    crop_mask,
+    decode_array,
+)
+
+from .. import __version__
+from ..engine import Engine
+from ..preprocess import PreprocessError
+from ..prompts import Prompt, PromptError
+from ..session import Session, SliceResult
+from .config import ServiceConfig
+from .errors import BadInput, NotFound, WrongState
+from .jobs import Job, JobStore
+from .sessions import ServiceSession, SessionRegistry
+from .worker import ModelWorker
+
+log = logging.getLogger(__name__)
+MAX_OBJECT_ID = 2**31 - 1  # label values a segmentation can hold
+# Masks in responses: zlib is in every Python, so any client can read them
+RESPONSE_ENCODING = "zlib"
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 0.0  # JSON has no NaN
+
+
+def slice_update(result: SliceResult) -> SliceUpdate:
+    return SliceUpdate(result.object_id, result.axis, result.index,  # type: ignore[arg-type]
+                       _finite(result.iou), _finite(result.object_score),
+                       crop_mask(result.mask, RESPONSE_ENCODING))
+
+
+def prompt_from_request(req: PromptRequest, es: Session) -> Prompt:
+    """The engine's Prompt for a request, checked against the slice it names."""
+    if not 1 <= req.object_id <= MAX_OBJECT_ID:
+        raise BadInput(f"object_id must be in 1..{MAX_OBJECT_ID}, got {req.object_id}")
+    if any(len(p) != 2 for p in req.points):
+        raise BadInput("each point must be [x, y]")
+    mask = None
+    if req.mask is not None:
+        rows, cols = es.slice_shape(req.axis)
+        mask = decode_array(req.mask, allowed_dtypes=MASK_DTYPES, max_bytes=rows * cols)
+    prompt = Prompt(box=tuple(req.box) if req.box is not None else None,  # type: ignore[arg-type]
+                    points=tuple((p[0], p[1]) for p in req.points),
+                    labels=tuple(req.point_labels), mask=mask)
+    return es.check_prompt(req.axis, req.index, prompt)
+
+
+class Service:
+    """The registry, the job store and the model worker, behind the routes."""
+
+    def __init__(self, config: ServiceConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.sessions = SessionRegistry(engine, config)
+        self.jobs = JobStore(config.job_keep_s)
+        self.worker = ModelWorker()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="medsam-sweeper", daemon=True)
+
+    def start(self, worker_thread: bool = True) -> None:
+        """Start the sweeper, and the model worker on its own thread unless the caller
+        runs ``worker.run_here()`` itself."""
+        if worker_thread:
+            self.worker.start()
+        self._sweeper.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.jobs.cancel_all()
+        self.worker.stop()
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(self.config.sweep_interval_s):
+            try:
+                self.sessions.expire_idle()
+                self.jobs.prune()
+                self.sessions.enforce_budget()
+            except Exception:  # keep sweeping; a bug here must not stop expiry
+                log.exception("session sweeper failed")
+
+    def info(self) -> Info:
+        return Info(version=__version__, protocol=PROTOCOL_VERSION, model=self.config.model_name,
+                    checkpoint_sha256=self.config.checkpoint_sha256,
+                    device=str(self.engine.device), sessions=len(self.sessions),
+                    jobs_queued=self.jobs.pending(), memory=self.sessions.memory(),
+                    limits=self.config.limits(), encodings=list(available_encodings()))
+
+    # ---- sessions ------------------------------------------------------------------
+    def session_info(self, s: ServiceSession) -> SessionInfo:
+        return s.info(self.config.idle_timeout_s)
+
+    def create_session(self, meta: VolumeMeta) -> SessionInfo:
+        return self.session_info(self.sessions.create(meta))
+
+    def upload(self, s: ServiceSession, body: bytes | bytearray) -> SessionInfo:
+        self.sessions.upload(s, body)
+        return self.session_info(s)
+
+    def delete_session(self, s: ServiceSession) -> Deleted:
+        job_id = s.job_id
+        self.sessions.remove(s, "deleted by the client")
+        if job_id is not None:
+            self.jobs.get(job_id).cancel()
+        return Deleted(s.session_id)
+
+    def _ready(self, s: ServiceSession) -> Session:
+        es = s.session
+        if es is None:
+            raise WrongState(f"session {s.session_id} has no volume yet; upload it first with "
+                             f"PUT /sessions/{s.session_id}/volume")
+        return es
+
+    # ---- prompts and objects -------------------------------------------------------
+    def prompt(self, s: ServiceSession, req: PromptRequest) -> Future:
+        """Queue a prompt ahead of propagation work; the Future gives its SliceUpdate."""
+        es = self._ready(s)
+        prompt = prompt_from_request(req, es)
+        self.sessions.claim(s)
+
+        def run() -> SliceUpdate:
+            try:
+                if s.closed:
+                    raise NotFound(f"session {s.session_id} was closed")
+                result = es.add_prompt(req.object_id, req.axis, req.index, prompt)
+                with self.sessions.lock:  # read by propagate requests on other threads
+                    s.prompted.setdefault(req.object_id, {}).setdefault(req.axis, set()).add(
+                        req.index)
+                return slice_update(result)
+            finally:
+                self.sessions.release(s)
+
+        return self._submit(run, urgent=True, s=s)
+
+    def object_mask(self, s: ServiceSession, object_id: int) -> ObjectMask:
+        es = self._ready(s)
+        self._require_object(s, es, object_id)
+        try:
+            mask = es.mask(object_id)
+        except PromptError:  # deleted by another request since the check above
+            self._require_object(s, es, object_id)
+            raise
+        return ObjectMask(object_id, crop_mask(mask, RESPONSE_ENCODING))
+
+    def delete_object(self, s: ServiceSession, object_id: int) -> Future:
+        es = self._ready(s)
+        self._require_object(s, es, object_id)
+        self.sessions.claim(s)
+
+        def run() -> Deleted:
+            try:
+                self._require_object(s, es, object_id)
+                es.remove_object(object_id)
+                with self.sessions.lock:
+                    s.prompted.pop(object_id, None)
+                return Deleted(str(object_id))
+            finally:
+                self.sessions.release(s)
+
+        return self._submit(run, urgent=True, s=s)
+
+    def _require_object(self, s: ServiceSession, es: Session, object_id: int) -> None:
+        if object_id not in es.object_ids:
+            raise NotFound(f"session {s.session_id} has no object {object_id}; its objects: "
+                           f"{es.object_ids}")
+
+    def _submit(self, fn: Callable[[], object], *, urgent: bool, s: ServiceSession,
+                undo: Callable[[], None] | None = None) -> Future:
+        try:
+            return self.worker.submit(fn, urgent=urgent, tag=s.session_id)
+        except RuntimeError:  # shutting down: give back what the caller claimed
+            (undo or (lambda: self.sessions.release(s)))()
+            raise
+
+    # ---- propagation ---------------------------------------------------------------
+    def propagate(self, s: ServiceSession, req: PropagateRequest) -> JobInfo:
+        es = self._ready(s)
+        axes, total = self._check_propagate(s, es, req)
+        job = self.jobs.create(s.session_id, req, axes, total)
+        try:
+            self.sessions.claim(s, job.job_id)
+        except Exception:
+            self.jobs.discard(job.job_id)  # busy or closed: this job never existed
+            raise
+        job.on_release = lambda: self.sessions.release(s, job.job_id)
+
+        def undo() -> None:
+            job.finish("failed", ErrorBody("internal", "the server is shutting down"))
+
+        self._submit(lambda: self._run_job(s, es, job), urgent=False, s=s, undo=undo)
+        log.info("session %s: job %s propagates objects %s (%d slices)", s.session_id,
+                 job.job_id, req.object_ids, total)
+        return job.info()
+
+    def _check_propagate(self, s: ServiceSession, es: Session, req: PropagateRequest
+                         ) -> tuple[dict[int, str], int]:
+        if not req.object_ids:
+            raise BadInput("object_ids is empty: name the objects to propagate")
+        if len(set(req.object_ids)) != len(req.object_ids):
+            raise BadInput(f"object_ids {req.object_ids} names an object twice")
+        if req.stop_after_empty < 0:
+            raise BadInput("stop_after_empty must be >= 0")
+        if not math.isfinite(req.converge_iou):
+            raise BadInput("converge_iou must be a finite number")
+        axes: dict[int, str] = {}
+        total = 0
+        for oid in req.object_ids:
+            self._require_object(s, es, oid)
+            with self.sessions.lock:
+                prompted = {a: set(ix) for a, ix in s.prompted.get(oid, {}).items() if ix}
+            axis = req.axis
+            if axis is None:
+                if len(prompted) != 1:
+                    raise BadInput(f"object {oid} has prompts on axes {sorted(prompted)}: "
+                                   "name the axis")
+                axis = next(iter(prompted))
+            n = es.num_slices(axis)
+            lo = 0 if req.first is None else req.first
+            hi = n - 1 if req.last is None else req.last
+            if not 0 <= lo <= hi < n:
+                raise BadInput(f"range {lo}..{hi} is not within 0..{n - 1} along axis {axis}")
+            slices = prompted.get(axis, set())
+            if req.start is not None and req.start not in slices:
+                raise BadInput(f"slice {req.start} has no prompt for object {oid} on axis {axis}")
+            if not any(lo <= i <= hi for i in slices):
+                raise BadInput(f"object {oid} has no prompted slice in {lo}..{hi} on axis {axis}")
+            axes[oid] = axis
+            total += hi - lo + 1
+        return axes, total
+
+    def _run_job(self, s: ServiceSession, es: Session, job: Job) -> None:
+        """On the worker thread: the objects one after the other, updates as they come."""
+        if not job.start():
+            return  # cancelled while queued; already released
+        req = job.request
+
+        def progress(result: SliceResult) -> None:
+            job.add_update(slice_update(result))
+            self.sessions.touch(s.session_id)
+            self.worker.run_urgent(skip_tag=s.session_id)  # other users' prompts go first
+
+        try:
+            cancelled = False
+            for oid in req.object_ids:
+                cancelled = job.cancel_event.is_set() or es.propagate(
+                    oid, job.axes[oid], direction=req.direction, start=req.start,
+                    first=req.first, last=req.last, stop_after_empty=req.stop_after_empty,
+                    converge_iou=req.converge_iou, progress=progress, cancel=job.cancel_event,
+                ).cancelled
+                if cancelled:
+                    break
+            job.finish("cancelled" if cancelled else "done")
+        except (PromptError, PreprocessError) as exc:
+            job.finish("failed", ErrorBody("bad_input", str(exc)))
+        except Exception:
+            log.exception("job %s failed", job.job_id)
+            job.finish("failed", ErrorBody("internal", "propagation failed on the server; "
+                                                       "its log has the details"))
+        finally:
+            job.release()  # idempotent: finish() released already unless it raised
+            self.sessions.enforce_budget()

@@ -1,0 +1,140 @@
+"""``medsam-server serve``: load the model once, then serve it over HTTP with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from ..checkpoints import resolve_checkpoint, sha256_file
+from ..engine import DEFAULT_FEATURE_CACHE_BYTES, Engine
+from .config import MB, ServiceConfig
+
+ENV_TOKEN = "MEDSAM_TOKEN"
+log = logging.getLogger("medsam_server.service")
+
+
+def _fail(message: str) -> int:
+    print(f"medsam-server: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _setup_logging(log_file: str | None) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    root = logging.getLogger()
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    return sock
+
+
+def _is_loopback(sock: socket.socket) -> bool:
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+
+
+def _checkpoint_sha256(path: Path) -> str:
+    """The ``.sha256`` sidecar a verified download leaves, else hash the file (once)."""
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        token = sidecar.read_text().split()[0].lower()
+        if len(token) == 64:
+            return token
+    except (OSError, IndexError):
+        pass
+    return sha256_file(path)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    token = args.token if args.token is not None else os.environ.get(ENV_TOKEN, "")
+    if not token:
+        return _fail(f"a bearer token is required: pass --token TOKEN or set {ENV_TOKEN} "
+                     "(clients send it as 'Authorization: Bearer TOKEN')")
+    if args.max_upload_mb < 1 or args.memory_budget_mb < 1:
+        return _fail("--max-upload-mb and --memory-budget-mb must be >= 1")
+    try:
+        sock = _bind(args.host, args.port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+    if not _is_loopback(sock) and len(token) < 16:
+        sock.close()
+        return _fail("off loopback the token must be at least 16 characters "
+                     "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+    _setup_logging(args.log_file)
+    checkpoint = resolve_checkpoint(args.checkpoint)  # CheckpointError: the CLI reports it
+    budget = args.memory_budget_mb * MB
+    # one session's feature cache may use half the budget; the rest is shared
+    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
+                                    feature_cache_bytes=min(DEFAULT_FEATURE_CACHE_BYTES,
+                                                            budget // 2))
+    config = ServiceConfig(token=token, model_name=checkpoint.stem,
+                           checkpoint_sha256=_checkpoint_sha256(checkpoint),
+                           idle_timeout_s=args.idle_timeout, memory_budget_bytes=budget,
+                           max_upload_bytes=args.max_upload_mb * MB)
+    app = create_app(config, engine, worker_thread=False)
+    service = app.state.service
+    host, port = sock.getsockname()[:2]
+    url_host = f"[{host}]" if ":" in host else host
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(f"medsam-server listening on http://{url_host}:{port}", file=sys.stderr,
+                      flush=True)
+
+    server = Server(uvicorn.Config(
+        app, log_config=None, access_log=False, server_header=False, lifespan="off",
+        limit_concurrency=256, timeout_keep_alive=5, timeout_graceful_shutdown=5,
+        proxy_headers=False))
+    log.info("serving %s on %s (%s), memory budget %d MB, idle timeout %g s", checkpoint.name,
+             engine.device, "loopback" if _is_loopback(sock) else "NETWORK",
+             args.memory_budget_mb, args.idle_timeout)
+
+    def run_http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:  # cancel jobs and end the model loop on the main thread
+            service.close()
+
+    # HTTP on a thread, the model on the main thread (see ModelWorker.run_here); uvicorn
+    # leaves signals alone off the main thread, so we route them to it
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, server.handle_exit)
+    http = threading.Thread(target=run_http, name="medsam-http")
+    http.start()
+    try:
+        service.worker.run_here()
+    finally:
+        server.should_exit = True
+        http.join()
+        sock.close()
+    if not server.started:
+        return _fail(f"the HTTP server on {args.host}:{port} did not start; see the log above")
+    return 0
