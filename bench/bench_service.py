@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=16, help="propagation volume slices")
     parser.add_argument("--prompts", type=int, default=20, help="prompt round trips")
     parser.add_argument("--upload-slices", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating repeats")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating repeats")
     args = parser.parse_args()
 
     import torch
@@ -183,16 +183,18 @@ def main() -> None:
         bench_propagation(None, engine, 2)  # warm-up: first calls allocate
         server = Server(ckpt, args.device, threads)
         # other processes on the machine only ever add time: alternate the two sides
-        # and keep each side's best round
-        prop_http = prop_direct = float("inf")
+        # and report each side's best and median round
+        http_runs: list[float] = []
+        direct_runs: list[float] = []
         try:
             up = bench_upload(server, args.upload_slices)
             prompts = bench_prompts(server, engine, args.prompts, args.rounds)
             for _ in range(args.rounds):
-                prop_http = min(prop_http, bench_propagation(server, None, args.slices))
-                prop_direct = min(prop_direct, bench_propagation(None, engine, args.slices))
+                http_runs.append(bench_propagation(server, None, args.slices))
+                direct_runs.append(bench_propagation(None, engine, args.slices))
         finally:
             server.close()
+    prop_http, prop_direct = min(http_runs), min(direct_runs)
 
     n = args.slices
     rows = [
@@ -208,7 +210,11 @@ def main() -> None:
         print(f"{name:<44}{service:>8.1f}{unit:<2}{direct:>8.1f}{unit:<2}"
               f"{service / direct:>8.3f}")
     overhead = (prop_http - prop_direct) / prop_direct * 100
-    print(f"propagation overhead: {overhead:+.1f} % per slice (target ≤ 5 %)")
+    median = (statistics.median(http_runs) / statistics.median(direct_runs) - 1) * 100
+    print(f"propagation overhead: {overhead:+.1f} % per slice, best of {args.rounds} rounds "
+          f"({median:+.1f} % median of rounds; target ≤ 5 %)")
+    print("  rounds, ms/slice: service " + " ".join(f"{t / n * 1e3:.0f}" for t in http_runs)
+          + " | direct " + " ".join(f"{t / n * 1e3:.0f}" for t in direct_runs))
     print(f"\nupload of {up['mb']:.0f} MB int16 ({args.upload_slices} slices of 512×512) "
           "until the session is ready:")
     for enc in ("zstd", "raw"):

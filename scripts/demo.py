@@ -27,7 +27,8 @@ def main() -> int:
         checkpoint = resolve_checkpoint(None)
         meaningless = False
     except CheckpointError as exc:
-        print(f"MedSAM2 weights not found.\n  {exc}\n", file=sys.stderr)
+        print(f"MedSAM2 weights not found.\n  {exc}\n  Or fetch them into the cache with: "
+              ".venv/bin/medsam-server checkpoints --download MedSAM2_latest\n", file=sys.stderr)
         checkpoint = OUT_DIR / "medsam2_RANDOM_WEIGHTS_seed0.pt"
         if not checkpoint.exists():
             write_random_checkpoint(checkpoint, seed=0)
