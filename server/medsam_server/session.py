@@ -145,14 +145,6 @@ class Session:
         self._object(object_id)
         del self._objects[object_id]
 
-    def clear_prompt(self, object_id: int, axis: str, index: int) -> None:
-        """Forget the prompt on one slice (its current mask stays until re-propagated)."""
-        state = self._object(object_id).axes.get(axis)
-        if state is None or index not in state.prompts:
-            raise PromptError(f"object {object_id} has no prompt on slice {index} of axis {axis}")
-        del state.prompts[index], state.cond[index]
-        state.pending.discard(index)
-
     def propagate(self, object_id: int, axis: str | None = None, *,
                   direction: Direction = "both", start: int | None = None,
                   first: int | None = None, last: int | None = None,

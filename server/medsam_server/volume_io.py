@@ -69,9 +69,6 @@ class Volume:
         image.SetDirection(self.direction)
         return image
 
-    # Name kept for callers that think of this as "the reference image".
-    reference_image = image_like
-
 
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a scalar 3D image: NIfTI, NRRD, MHA/MHD, or a folder holding a DICOM series.
