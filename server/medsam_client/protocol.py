@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
+import types
+import typing
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -338,35 +341,33 @@ def to_json(obj: Any) -> Any:
 
 
 def from_json(cls: type, data: Any) -> Any:
-    """JSON dict → dataclass ``cls``, recursing into the nested message types above."""
+    """JSON dict → dataclass ``cls``, recursing by the fields' declared types."""
     if not isinstance(data, dict):
         raise CodecError(f"expected a JSON object for {cls.__name__}")
-    nested = {
-        "array": EncodedArray, "mask": None, "error": ErrorBody, "updates": SliceUpdate,
-    }
-    kwargs = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key not in names:
-            continue  # newer server fields are ignored by older clients
-        kind = nested.get(key, "plain")
-        if kind == "plain" or value is None or cls is ErrorBody:  # ErrorBody.error is a str
-            kwargs[key] = value
-        elif key == "mask":
-            kwargs[key] = (from_json(EncodedArray, value) if cls is PromptRequest
-                           else _cropped(value))
-        elif key == "updates":
-            kwargs[key] = [from_json(SliceUpdate, v) for v in value]
-        else:
-            kwargs[key] = from_json(kind, value)
+    hints = _field_types(cls)
+    kwargs = {key: _from_json_value(hints[key], value)
+              for key, value in data.items() if key in hints}  # unknown (newer) keys ignored
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise CodecError(f"malformed {cls.__name__}: {exc}") from None
 
 
-def _cropped(value: dict) -> CroppedMask:
-    if not isinstance(value, dict):
-        raise CodecError("expected a JSON object for CroppedMask")
-    return CroppedMask(offset=value.get("offset", []), full_shape=value.get("full_shape", []),
-                       array=from_json(EncodedArray, value.get("array")))
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_json_value(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]  # X | None
+    if dataclasses.is_dataclass(hint):
+        return from_json(hint, value)
+    if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise CodecError(f"expected a list of {args[0].__name__}")
+        return [from_json(args[0], v) for v in value]
+    return value
