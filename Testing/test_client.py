@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +22,6 @@ from medsam_client import protocol as P
 from medsam_client.client import SESSION_GONE, MedSAMClient, MedSAMError, slice_mask
 from medsam_client.worker import LocalWorker
 
-SERVICE = Path(P.__file__).parents[1] / "medsam_server" / "service" / "run.py"
-needs_service = pytest.mark.skipif(not SERVICE.exists(),
-                                   reason=f"{SERVICE} is not written yet (no server to start)")
 CT = "totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"
 K0, K1 = 11, 17  # 6 real CT slices around the liver: ~0.6 s per encoded slice on CPU
 KEY, BOX = 3, (45, 27, 104, 85)  # slice 14 of the full CT, the liver's box
@@ -45,8 +41,6 @@ def ct_crop() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(random_checkpoint, tmp_path_factory):
-    if not SERVICE.exists():
-        pytest.skip(f"{SERVICE} is not written yet (no server to start)")
     w = LocalWorker(sys.executable, random_checkpoint, device="cpu", startup_timeout=120,
                     log_path=tmp_path_factory.mktemp("server") / "server.log")
     with w:
@@ -98,7 +92,6 @@ def _upload(client: MedSAMClient, vol: np.ndarray, **kw):
 
 
 # ---------------------------------------------------------------- real server
-@needs_service
 def test_info_and_token(server, client):
     info = client.info()
     assert info.protocol == P.PROTOCOL_VERSION and info.device == "cpu"
@@ -108,7 +101,6 @@ def test_info_and_token(server, client):
     assert err.value.status == 401
 
 
-@needs_service
 def test_segment_two_objects_with_correction_matches_in_process(client, crop_session, ct_crop,
                                                                 reference):
     session = crop_session
@@ -143,7 +135,6 @@ def test_segment_two_objects_with_correction_matches_in_process(client, crop_ses
     assert err.value.status == 404 and err.value.code != SESSION_GONE
 
 
-@needs_service
 def test_closed_session_is_reported_as_gone(client):
     session = _upload(client, np.zeros((2, 16, 16), np.int16))
     assert client.session_info(session).state == "ready"
@@ -154,7 +145,6 @@ def test_closed_session_is_reported_as_gone(client):
     assert (err.value.status, err.value.code) == (404, SESSION_GONE)
 
 
-@needs_service
 def test_cancel_midway_then_propagate_again(client, crop_session, ct_crop, reference):
     session = crop_session  # object 3 = the same box as object 1 in the reference
     client.prompt(session, 3, "k", KEY, box=BOX)
@@ -173,7 +163,6 @@ def test_cancel_midway_then_propagate_again(client, crop_session, ct_crop, refer
     np.testing.assert_array_equal(client.object_mask(session, 3), reference["obj1"])
 
 
-@needs_service
 def test_four_clients_at_once_each_with_its_own_session(server, ct_crop, reference):
     results: dict[int, tuple[str, np.ndarray]] = {}
     errors: list[BaseException] = []
@@ -200,7 +189,6 @@ def test_four_clients_at_once_each_with_its_own_session(server, ct_crop, referen
         np.testing.assert_array_equal(mask, reference["obj1_near"])
 
 
-@needs_service
 def test_ensure_session_uploads_only_when_needed(server, client, ct_crop, monkeypatch):
     uploads: list[str] = []
     real = client._upload
@@ -229,7 +217,6 @@ def test_ensure_session_uploads_only_when_needed(server, client, ct_crop, monkey
     client.close_session(fourth)
 
 
-@needs_service
 def test_session_expiry_and_server_restart_give_clear_errors(random_checkpoint, tmp_path):
     small = np.zeros((4, 32, 32), np.int16)
     with LocalWorker(sys.executable, random_checkpoint, device="cpu", startup_timeout=120,
@@ -251,7 +238,6 @@ def test_session_expiry_and_server_restart_give_clear_errors(random_checkpoint, 
             c.prompt(s, 1, "k", 0, box=(1, 1, 20, 20))
 
 
-@needs_service
 def test_segment_cli_with_server_writes_mask_on_input_grid(server, ct_crop, reference, tmp_path,
                                                           capsys):
     import SimpleITK as sitk

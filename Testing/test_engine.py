@@ -223,3 +223,22 @@ def test_parity_on_medsam2_own_lesion_case(engine: Engine, random_checkpoint) ->
                 for i in range(vol.shape[0]))
     assert worst < 1e-4
     np.testing.assert_array_equal(session.mask(1), ref_mask.astype(bool))
+
+
+def test_one_object_stays_on_one_axis(engine: Engine, vol: np.ndarray) -> None:
+    session = Session(engine, vol[:2])
+    session.add_prompt(1, "k", 0, Prompt(box=BOX))
+    with pytest.raises(PromptError, match="along axis k"):
+        session.add_prompt(1, "j", 50, Prompt(box=(1, 0, 30, 2)))
+    assert list(session._objects[1].axes) == ["k"]
+
+
+def test_plan_uses_pending_prompts_inside_the_range(engine: Engine, vol: np.ndarray) -> None:
+    session = Session(engine, vol[:3])
+    session.add_prompt(1, "k", 0, Prompt(box=BOX))
+    session.add_prompt(1, "k", 2, Prompt(box=BOX))
+    session._objects[1].axes["k"].pending = {2}  # as after a propagation that covered 0
+    plan = session.plan_propagation(1, first=0, last=1, direction="forward")
+    assert plan.starts == (0,) and plan.max_slices == 2
+    assert session.plan_propagation(1).starts == (2,)
+    assert session.plan_propagation(1).max_slices == 3

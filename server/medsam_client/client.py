@@ -177,9 +177,13 @@ class MedSAMClient:
         le = np.ascontiguousarray(vol).astype(vol.dtype.newbyteorder("<"), copy=False)
         body = P.compress(le.tobytes(), meta.encoding)
         timeout = (self.timeout[0], max(self.timeout[1], self.upload_timeout))
-        info = self._call(P.SessionInfo, "PUT", f"/sessions/{created.session_id}/volume",
-                          data=body, headers={"Content-Type": "application/octet-stream"},
-                          timeout=timeout)
+        try:
+            info = self._call(P.SessionInfo, "PUT", f"/sessions/{created.session_id}/volume",
+                              data=body, headers={"Content-Type": "application/octet-stream"},
+                              timeout=timeout)
+        except MedSAMError:  # don't leave an empty session holding a slot on the server
+            self.close_session(created.session_id, quiet=True)
+            raise
         return SessionHandle(info.session_id, tuple(info.shape),  # type: ignore[arg-type]
                              info.volume_sha256, meta.modality, _tuple(meta.window))
 

@@ -54,6 +54,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be found, fetched or used (one clear message)."""
 
 
+class DeviceError(ValueError):
+    """A device or thread setting this machine cannot honour."""
+
+
 @dataclass(frozen=True)
 class Release:
     """One published checkpoint file."""

@@ -17,6 +17,7 @@ from medsam_client.client import MedSAMError
 from . import __version__
 from .checkpoints import (
     CheckpointError,
+    DeviceError,
     format_checkpoint_table,
     list_checkpoints,
     resolve_checkpoint,
@@ -26,8 +27,8 @@ from .prompts import Prompt, PromptError, check_slice_prompt
 from .specs import DEFAULT_COLORS, ObjectSpec, load_prompts_file
 from .volume_io import VolumeError
 
-USER_ERRORS = (CheckpointError, MedSAMError, PreprocessError, PromptError, VolumeError,
-               ValueError)
+USER_ERRORS = (CheckpointError, DeviceError, MedSAMError, PreprocessError, PromptError,
+               VolumeError)
 
 
 def _segment_parser(sub: argparse._SubParsersAction) -> None:

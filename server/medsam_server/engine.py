@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .features import FeatureCache
-from .model import FILL_HOLE_AREA, IMAGE_SIZE, autocast_for, load_model
+from .model import FILL_HOLE_AREA, IMAGE_SIZE, DeviceError, autocast_for, load_model
 from .postprocess import fill_small_holes
 from .prompts import Prompt
 
@@ -66,7 +66,7 @@ class Engine:
                         threads: int | None = None, **kwargs: Any) -> Engine:
         if threads is not None:
             if threads < 1:
-                raise ValueError("--threads must be >= 1")
+                raise DeviceError("--threads must be >= 1")
             # measured: re-setting torch's own default (2 of 2 cores) costs ~15 % per slice
             # on CPU, so only change it when it really changes
             if threads != torch.get_num_threads():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError  # noqa: F401  (re-exported: callers catch it here)
+from .checkpoints import CheckpointError, DeviceError  # noqa: F401  (re-exported)
 
 CONFIG_NAME = "medsam2_hiera_t512.yaml"
 IMAGE_SIZE = 512
@@ -124,13 +124,13 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA GPU")
+        raise DeviceError("--device cuda asked for, but torch sees no CUDA GPU")
     if name == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise ValueError("--device mps asked for, but MPS is not available")
+        raise DeviceError("--device mps asked for, but MPS is not available")
     if name not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
+        raise DeviceError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
     return torch.device(name)
 
 

@@ -7,7 +7,6 @@ from a fresh memory), optional 3D largest connected component.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Literal
 
@@ -24,7 +23,7 @@ Recipe = Literal["box", "mask"]
 def segment_objects(session: Session, specs: list[ObjectSpec], *, recipe: Recipe = "box",
                     lcc: bool = True, stop_after_empty: int = 0,
                     progress: Callable[[SliceResult], None] | None = None,
-                    cancel: threading.Event | None = None) -> tuple[np.ndarray, int]:
+                    ) -> tuple[np.ndarray, int]:
     """Segment every object; returns (uint8 label volume, voxels claimed by two objects).
 
     Where objects overlap the first listed keeps the voxel: nothing is overwritten.
@@ -37,9 +36,7 @@ def segment_objects(session: Session, specs: list[ObjectSpec], *, recipe: Recipe
         result = session.add_prompt(spec.label, spec.axis, spec.slice, spec.prompt)
         if recipe == "mask":  # MedSAM2's alternative: feed the key-slice mask back as a mask prompt
             session.add_prompt(spec.label, spec.axis, spec.slice, Prompt(mask=result.mask))
-        report = session.propagate(spec.label, spec.axis, stop_after_empty=stop_after_empty,
-                                   progress=progress, cancel=cancel)
-        if report.cancelled:
-            raise KeyboardInterrupt("segmentation cancelled")
+        session.propagate(spec.label, spec.axis, stop_after_empty=stop_after_empty,
+                          progress=progress)
         overlap += add_object(labels, session.mask(spec.label), spec.label, lcc=lcc)
     return labels, overlap

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .preprocess import AXES, slice_shape
+
 
 class PromptError(ValueError):
     """A prompt that cannot be used on the slice it names."""
@@ -84,8 +86,6 @@ def validate_prompt(prompt: Prompt, slice_shape: tuple[int, int]) -> Prompt:
 def check_slice_prompt(shape: tuple[int, int, int], axis: str, index: int,
                        prompt: Prompt) -> Prompt:
     """Validate axis, slice index and prompt against a volume shape (numpy k, j, i order)."""
-    from .preprocess import AXES, slice_shape
-
     if axis not in AXES:
         raise PromptError(f"unknown axis {axis!r}: use k, j or i")
     n = shape[AXES.index(axis)]

@@ -49,6 +49,28 @@ class PropagationReport:
     cancelled: bool = False
 
 
+@dataclass(frozen=True)
+class PropagationPlan:
+    """What a propagation will do: along ``axis``, from ``starts``, within first..last."""
+
+    axis: str
+    starts: tuple[int, ...]
+    first: int
+    last: int
+    steps: tuple[int, ...]  # +1 forward, -1 backward
+
+    @property
+    def max_slices(self) -> int:
+        """Slices it may report at most (fewer when a stop condition ends a pass early)."""
+        reach: set[int] = set()
+        for s in self.starts:
+            if 1 in self.steps:
+                reach.update(range(s, self.last + 1))
+            if -1 in self.steps:
+                reach.update(range(self.first, s + 1))
+        return len(reach)
+
+
 @dataclass
 class _AxisState:
     prompts: dict[int, Prompt] = field(default_factory=dict)
@@ -124,6 +146,10 @@ class Session:
         prompt = self.check_prompt(axis, index, prompt)
         rows_cols = self.slice_shape(axis)
         obj = self._objects.get(object_id)
+        other = [a for a, st in obj.axes.items() if st.prompts and a != axis] if obj else []
+        if other:  # one 3D mask per object: passes along two axes would overwrite each other
+            raise PromptError(f"object {object_id} is segmented along axis {other[0]}; delete it "
+                              f"or use a new object id to work along axis {axis}")
         state = obj.axes.get(axis) if obj else None
         merged = merge_points(state.prompts.get(index) if state else None, prompt)
         prev = None
@@ -145,20 +171,14 @@ class Session:
         self._object(object_id)
         del self._objects[object_id]
 
-    def propagate(self, object_id: int, axis: str | None = None, *,
-                  direction: Direction = "both", start: int | None = None,
-                  first: int | None = None, last: int | None = None,
-                  stop_after_empty: int = 0, converge_iou: float = 0.98,
-                  progress: Callable[[SliceResult], None] | None = None,
-                  cancel: threading.Event | None = None) -> PropagationReport:
-        """Propagate an object's prompts through its slices.
+    def plan_propagation(self, object_id: int, axis: str | None = None, *,
+                         direction: Direction = "both", start: int | None = None,
+                         first: int | None = None, last: int | None = None,
+                         stop_after_empty: int = 0) -> PropagationPlan:
+        """Check a propagation request and say what it would do; changes nothing.
 
-        ``start``: a prompted slice to propagate from; default = the slices prompted since
-        the last propagation (all prompted slices if none). ``first``/``last``: inclusive
-        range limits. ``stop_after_empty``: stop a direction after that many consecutive
-        slices the model says hold no object (0 = never, the reference behaviour).
-        ``converge_iou``: for a correction, stop a direction at the first slice that already
-        had a result and whose new mask matches it with at least this IoU.
+        Start slices: ``start`` if given, else the slices prompted since the last
+        propagation that lie in the range, else every prompted slice in the range.
         """
         obj = self._object(object_id)
         axis = axis or self._only_axis(obj, object_id)
@@ -177,16 +197,38 @@ class Session:
         if start is not None:
             if start not in state.prompts:
                 raise PromptError(f"slice {start} has no prompt for object {object_id}")
-            starts = [start]
+            candidates = [start]
         else:
-            starts = sorted(state.pending) or sorted(state.prompts)
-        starts = [s for s in starts if lo <= s <= hi]
+            candidates = sorted(state.pending) if state.pending & set(range(lo, hi + 1)) \
+                else sorted(state.prompts)
+        starts = tuple(s for s in candidates if lo <= s <= hi)
         if not starts:
             raise PromptError(f"no prompted slice of object {object_id} lies in {lo}..{hi}")
+        steps = {"forward": (1,), "backward": (-1,), "both": (1, -1)}[direction]
+        return PropagationPlan(axis, starts, lo, hi, steps)
+
+    def propagate(self, object_id: int, axis: str | None = None, *,
+                  direction: Direction = "both", start: int | None = None,
+                  first: int | None = None, last: int | None = None,
+                  stop_after_empty: int = 0, converge_iou: float = 0.98,
+                  progress: Callable[[SliceResult], None] | None = None,
+                  cancel: threading.Event | None = None) -> PropagationReport:
+        """Propagate an object's prompts through its slices (see ``plan_propagation``).
+
+        ``first``/``last``: inclusive range limits. ``stop_after_empty``: stop a direction
+        after that many consecutive slices the model says hold no object (0 = never, the
+        reference behaviour). ``converge_iou``: for a correction, stop a direction at the
+        first slice that already had a result and whose new mask matches it with at least
+        this IoU.
+        """
+        plan = self.plan_propagation(object_id, axis, direction=direction, start=start,
+                                     first=first, last=last, stop_after_empty=stop_after_empty)
+        obj = self._object(object_id)
+        axis, starts, lo, hi, steps = plan.axis, plan.starts, plan.first, plan.last, plan.steps
+        state = obj.axes[axis]
         # a correction only re-propagates as far as the result changes
         tracked_before = set(state.settled)
         report = PropagationReport(object_id, axis, [])
-        steps = {"forward": (1,), "backward": (-1,), "both": (1, -1)}[direction]
         try:
             for s in starts:
                 for step in steps:
