@@ -21,6 +21,7 @@ class ServiceConfig:
     max_wait_s: float = 30.0  # longest long poll on GET /jobs/{id}
     job_keep_s: float = 600.0  # finished jobs stay readable this long
     max_sessions: int = 64
+    max_objects: int = 64  # per session: each holds a mask volume and low-res logits
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -29,7 +30,8 @@ class ServiceConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
-        for name in ("memory_budget_bytes", "max_upload_bytes", "max_json_bytes", "max_sessions"):
+        for name in ("memory_budget_bytes", "max_upload_bytes", "max_json_bytes", "max_sessions",
+                     "max_objects"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -52,4 +54,5 @@ class ServiceConfig:
             "max_wait_s": math.floor(self.max_wait_s),
             "job_keep_s": math.ceil(self.job_keep_s),
             "max_sessions": self.max_sessions,
+            "max_objects": self.max_objects,
         }

@@ -42,3 +42,22 @@ class TooLarge(ServiceError):
 
 class TooManySessions(ServiceError):
     code = "too_many_sessions"
+
+
+class TooManyObjects(WrongState):
+    """A session holds ``ServiceConfig.max_objects`` objects: delete one first (409)."""
+
+    code = "too_many_objects"
+
+
+class OutOfMemory(ServiceError):
+    """The memory budget is held by work in progress (uploads, running sessions) and
+    cannot take this upload now (507); retry later or close sessions."""
+
+    code = "out_of_memory"
+
+
+class Unavailable(ServiceError):
+    """The server is shutting down and takes no more work (503)."""
+
+    code = "unavailable"

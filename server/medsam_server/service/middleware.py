@@ -1,7 +1,8 @@
-"""ASGI middleware: request body size limits and a sanitised access log."""
+"""ASGI middleware: bearer token, request body size limits and a sanitised access log."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -22,13 +23,46 @@ class BodyTooLarge(HTTPException):
                               "route (see /info limits)")
 
 
-async def send_error(send: Send, status: int, code: str, message: str) -> None:
+async def send_error(send: Send, status: int, code: str, message: str,
+                     headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": code, "message": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+UNAUTHORIZED = ("missing or wrong bearer token: send the header "
+                "'Authorization: Bearer <token>' the server was started with")
+
+
+class TokenMiddleware:
+    """Check the bearer token before anything else reads the request (body included),
+    on every path but ``open_paths``: strangers get a 401 and no parsing at all."""
+
+    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.token = token.encode()
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                given = value
+                break
+        scheme, _, credentials = given.partition(b" ")
+        # the scheme is case-insensitive (RFC 7235); the token compared in constant time
+        ok = hmac.compare_digest(credentials.strip(), self.token)
+        if not (ok and scheme.lower() == b"bearer"):
+            await send_error(send, 401, "unauthorized", UNAUTHORIZED,
+                             [(b"www-authenticate", b"Bearer")])
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:
