@@ -2,13 +2,12 @@
 
 In-process (ASGI) with the real engine on CPU. Routes that need a live session get the
 id of a real one (a tiny 2-slice volume with a prompted object and a finished job), so
-prompt and propagate bodies reach validation and, when valid, the model. A time budget
-bounds the whole file: past it, remaining examples are skipped, not silently passed.
+prompt and propagate bodies reach validation and, when valid, the model. Every route
+gets the same fixed number of examples (no clock: a slow machine runs them all, slower).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -30,7 +29,6 @@ from schemathesis.specs.openapi.checks import (
 
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-BUDGET_S = 90.0
 EXAMPLES = 50  # per route, positive and negative cases mixed
 # no 5xx, and every answer (errors too) is documented in the schema and matches it
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -42,7 +40,6 @@ ROUTES = [
     ("GET", "/sessions/{sid}/objects/{oid}/mask"), ("DELETE", "/sessions/{sid}/objects/{oid}"),
     ("GET", "/jobs/{jid}"), ("POST", "/jobs/{jid}/cancel"), ("DELETE", "/sessions/{sid}"),
 ]
-_started: list[float] = []
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +78,6 @@ def test_every_route_is_fuzzed(api_schema) -> None:
 # not work with this pytest), one test per route.
 @pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 def test_no_server_errors(api_schema, fuzz_app, method: str, path: str) -> None:
-    if not _started:
-        _started.append(time.monotonic())
-    if time.monotonic() - _started[0] > BUDGET_S:
-        pytest.skip(f"fuzzing time budget of {BUDGET_S:g} s spent")
     ids = fuzz_app[1]
     fixed: dict[str, object] = {}
     # real ids, so bodies get past the 404 to validation (deleting a session stays random)

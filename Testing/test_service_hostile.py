@@ -71,6 +71,26 @@ def test_every_route_but_health_needs_the_token(server: LiveServer) -> None:
     assert requests.get(server.url + "/health", timeout=10).status_code == 200
 
 
+def test_strangers_get_401_before_the_body_is_read(server: LiveServer) -> None:
+    """The token is checked before body parsing and size limits: no 422, no 413."""
+    url = "/sessions/abc/prompt"
+    for body in (b"{not json at all", b"\xff\xfe" * 100):
+        r = requests.post(server.url + url, data=body, timeout=30,
+                          headers={"Content-Type": "application/json"})
+        assert_error(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"] == "Bearer"
+    # over the JSON limit, announced and streamed: still a 401, not a 413
+    status, body = _raw_request(server, "POST", "/sessions",
+                                {"Authorization": "Bearer nope", "Content-Length": str(2 << 20),
+                                 "Content-Type": "application/json"})
+    assert status == 401 and body["error"] == "unauthorized"
+    status, body = _raw_request(server, "POST", "/sessions",
+                                {"Authorization": "Bearer nope", "Transfer-Encoding": "chunked",
+                                 "Content-Type": "application/json"}, [b"{" * (64 << 10)] * 20)
+    assert status == 401 and body["error"] == "unauthorized"
+    assert requests.get(server.url + "/health", timeout=10).status_code == 200
+
+
 def _raw_request(server: LiveServer, method: str, path: str, headers: dict[str, str],
                  body_chunks: list[bytes] = ()) -> tuple[int, dict]:
     """Send headers (and maybe chunks) on a raw socket, then read the answer."""
@@ -130,7 +150,6 @@ def test_malformed_http_does_not_kill_the_server(server: LiveServer) -> None:
 
 @pytest.mark.parametrize(("extra", "env_token", "says"), [
     ([], None, "token is required"),
-    (["--token", ""], None, "token is required"),
     (["--host", "0.0.0.0"], "short", "at least 16 characters"),
 ])
 def test_serve_refuses_unsafe_setups(extra: list[str], env_token: str | None, says: str,
@@ -143,6 +162,29 @@ def test_serve_refuses_unsafe_setups(extra: list[str], env_token: str | None, sa
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medsam-server: error:") and says in lines[0]
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (["--token", ""], "token is required"),
+    (["--token", "a-token", "--idle-timeout", "0"], "idle_timeout_s"),
+    (["--token", "a-token", "--idle-timeout", "nan"], "idle_timeout_s"),
+])
+def test_serve_refuses_bad_settings_before_binding(extra: list[str], says: str, tmp_path: Path,
+                                                   monkeypatch, capsys) -> None:
+    """In-process (no interpreter start-up): refused before the port or the model."""
+    from medsam_server import cli
+    from medsam_server.service import run
+
+    def no_bind(*a: object) -> None:
+        raise AssertionError("bound the port before checking the settings")
+
+    monkeypatch.delenv("MEDSAM_TOKEN", raising=False)
+    monkeypatch.setattr(run, "_bind", no_bind)
+    args = cli.build_parser().parse_args(["serve", "--port", "0", "--checkpoint",
+                                          str(tmp_path / "never-read.pt"), *extra])
+    assert args.func(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("medsam-server: error:") and says in lines[0]
 
 
@@ -287,9 +329,10 @@ def test_bad_propagation_requests(client: TestClient, ready: str) -> None:
                          ({"object_ids": [5], "direction": "sideways"}, 422),
                          ({"object_ids": "5"}, 422), ({}, 422)]:
         assert_error(client.post(url, json=body), status)
-    r = client.post(url, json={"object_ids": [5]})
+    r = client.post(url, json={"object_ids": [5], "direction": "forward"})
     assert r.status_code == 200, r.text
     jid = r.json()["job_id"]
+    assert r.json()["total_slices"] == 2  # slices 0..1, from the engine's plan
     # the session is busy until the job ends; a bad ``since`` is refused
     assert_error(client.post(f"/sessions/{ready}/prompt", json=box), 409, "busy")
     assert_error(client.delete(f"/sessions/{ready}/objects/5"), 409, "busy")
@@ -300,6 +343,66 @@ def test_bad_propagation_requests(client: TestClient, ready: str) -> None:
     while job["state"] not in ("done", "failed", "cancelled"):
         job = client.get(f"/jobs/{jid}", params={"since": job["next_since"], "wait": 60}).json()
     assert job["state"] == "done" and job["error"] is None
+    assert job["total_slices"] == job["done_slices"] == 2  # forward-only, no early stop
+
+    # a prompt on slice 1, outside first..last around slice 0: still a valid job
+    assert client.post(f"/sessions/{ready}/prompt", json={**box, "index": 1}).status_code == 200
+    r = client.post(url, json={"object_ids": [5], "first": 0, "last": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["total_slices"] == 1
+    job = client.get(f"/jobs/{r.json()['job_id']}", params={"wait": 60}).json()
+    while job["state"] not in ("done", "failed", "cancelled"):
+        job = client.get(f"/jobs/{job['job_id']}", params={"wait": 60}).json()
+    assert job["state"] == "done" and job["error"] is None, job
+
+
+def test_object_cap_axes_and_shutdown(engine) -> None:
+    app = create_app(ServiceConfig(token=TOKEN, max_objects=1), engine)
+    with TestClient(app, headers=AUTH, raise_server_exceptions=False) as c:
+        volume = _volume()
+        sid = _new_session(c, volume)
+        assert c.put(f"/sessions/{sid}/volume",
+                     content=P.compress(volume.tobytes(), "zstd")).status_code == 200
+        url = f"/sessions/{sid}/prompt"
+        box = {"object_id": 1, "axis": "k", "index": 0, "box": [2, 2, 20, 20]}
+        assert c.post(url, json=box).status_code == 200
+        assert c.get("/info").json()["memory"]["logits"] == 128 * 128 * 4
+        assert_error(c.post(url, json={**box, "object_id": 2}), 409, "too_many_objects")
+        # one object, one axis: the engine refuses a second one, as a 400
+        r = c.post(url, json={**box, "axis": "j", "box": [2, 0, 20, 2]})
+        assert "along axis k" in assert_error(r, 400, "bad_input")["message"]
+        app.state.service.close()  # shutting down: no more work is taken
+        assert_error(c.post(url, json=box), 503, "unavailable")
+        assert_error(c.post(f"/sessions/{sid}/propagate", json={"object_ids": [1]}), 503,
+                     "unavailable")
+
+
+def test_uploads_in_progress_are_counted_and_exclusive(client: TestClient) -> None:
+    sessions = client.app.state.service.sessions
+    volume = _volume()
+    sid = _new_session(client, volume)
+    s = sessions.get(sid)
+    sessions.begin_upload(s)  # as if a PUT were reading its body now
+    try:
+        packed = P.compress(volume.tobytes(), "zstd")
+        assert_error(client.put(f"/sessions/{sid}/volume", content=packed), 409, "wrong_state")
+        assert client.get("/info").json()["memory"]["uploads"] == volume.nbytes
+        s.last_used -= 1e6
+        assert sid not in sessions.expire_idle()  # never expired mid-upload
+        # a second announced volume that cannot fit beside the one in flight (budget 64 MB)
+        big = _new_session(client, volume, shape=[40, 1024, 1024], dtype="uint8")
+        sessions.begin_upload(sessions.get(big))
+        try:
+            other = _new_session(client, volume, shape=[40, 1024, 1024], dtype="uint8")
+            assert_error(client.put(f"/sessions/{other}/volume", content=b"x"), 507,
+                         "out_of_memory")
+        finally:
+            sessions.end_upload(sessions.get(big))
+    finally:
+        sessions.end_upload(s)
+    assert client.put(f"/sessions/{sid}/volume", content=packed).status_code == 200
+    for x in (big, other, sid):
+        assert client.delete(f"/sessions/{x}").status_code == 200
 
 
 def test_still_serves_after_all_that(client: TestClient, ready: str) -> None:

@@ -42,7 +42,7 @@ from ..prompts import PromptError
 from . import errors
 from .config import ServiceConfig
 from .jobs import Job
-from .middleware import AccessLogMiddleware, BodyLimitMiddleware
+from .middleware import UNAUTHORIZED, AccessLogMiddleware, BodyLimitMiddleware, TokenMiddleware
 from .operations import Service
 from .sessions import ServiceSession
 
@@ -51,10 +51,12 @@ log = logging.getLogger(__name__)
 STATUS = {
     errors.BadInput: 400, errors.Unauthorized: 401, errors.NotFound: 404,
     errors.WrongState: 409, errors.TooLarge: 413, errors.TooManySessions: 429,
+    errors.Unavailable: 503, errors.OutOfMemory: 507,
 }
 CODE_FOR_STATUS = {400: "bad_input", 401: "unauthorized", 404: "not_found",
                    405: "method_not_allowed", 409: "wrong_state", 413: "too_large",
-                   422: "invalid_request", 429: "too_many_sessions"}
+                   422: "invalid_request", 429: "too_many_sessions", 503: "unavailable",
+                   507: "out_of_memory"}
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -110,6 +112,8 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: (
         config.max_upload_bytes if path.endswith("/volume") else config.json_limit_bytes))
+    # outside the body limit: a stranger's request is refused before any byte is read
+    app.add_middleware(TokenMiddleware, token=config.token, open_paths=frozenset({"/health"}))
     app.add_middleware(AccessLogMiddleware)
 
     bearer = HTTPBearer(auto_error=False, description="the token the server was started with")
@@ -118,9 +122,10 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
     def require_token(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
+        # TokenMiddleware has checked already, before the body was read; this dependency
+        # documents bearer auth in the OpenAPI schema (and checks again, to be safe)
         if creds is None or not hmac.compare_digest(creds.credentials.encode(), token):
-            raise errors.Unauthorized("missing or wrong bearer token: send the header "
-                                      "'Authorization: Bearer <token>' the server was started with")
+            raise errors.Unauthorized(UNAUTHORIZED)
 
     def session_dep(sid: str) -> ServiceSession:
         return service.sessions.get(sid)
@@ -157,17 +162,21 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
                         "content": {"application/octet-stream": {
                             "schema": {"type": "string", "format": "binary"}}}}})
     async def upload_volume(request: Request, s: SessionDep) -> SessionInfo:
-        service.sessions.require_awaiting_volume(s)  # before reading a big body for nothing
         meta = s.meta
         length = request.headers.get("content-length")
         if meta.encoding == "raw" and length is not None \
                 and int(length) != array_nbytes(meta.shape, meta.dtype):
             raise errors.BadInput(f"raw body of {length} bytes, but dtype {meta.dtype} and shape "
                                   f"{meta.shape} need {array_nbytes(meta.shape, meta.dtype)}")
-        body = bytearray()
-        async for chunk in request.stream():  # BodyLimitMiddleware counts these bytes
-            body += chunk
-        return await run_in_threadpool(service.upload, s, body)
+        # before reading a big body: one upload at a time, its memory reserved
+        service.sessions.begin_upload(s)
+        try:
+            body = bytearray()
+            async for chunk in request.stream():  # BodyLimitMiddleware counts these bytes
+                body += chunk
+            return await run_in_threadpool(service.upload, s, body, begun=True)
+        finally:
+            service.sessions.end_upload(s)
 
     @api.get("/sessions/{sid}", response_model=SessionInfo)
     async def get_session(s: SessionDep) -> SessionInfo:
@@ -179,12 +188,14 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
 
     @api.post("/sessions/{sid}/prompt", response_model=SliceUpdate)
     async def prompt(req: PromptRequest, s: SessionDep) -> SliceUpdate:
+        # decoding a mask prompt is CPU work: not on the event loop
+        future = await run_in_threadpool(service.prompt, s, req)
         # shield: a client that goes away must not cancel work already accepted
-        return await asyncio.shield(asyncio.wrap_future(service.prompt(s, req)))
+        return await asyncio.shield(asyncio.wrap_future(future))
 
     @api.post("/sessions/{sid}/propagate", response_model=JobInfo)
     async def propagate(req: PropagateRequest, s: SessionDep) -> JobInfo:
-        return service.propagate(s, req)
+        return await asyncio.shield(asyncio.wrap_future(service.propagate(s, req)))
 
     @api.get("/sessions/{sid}/objects/{oid}/mask", response_model=ObjectMask)
     def object_mask(oid: int, s: SessionDep) -> ObjectMask:  # sync: runs in the threadpool

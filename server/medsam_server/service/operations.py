@@ -1,7 +1,9 @@
 """What each route does, in protocol messages and without HTTP.
 
-Requests are checked here, synchronously, so bad input fails at once with a reason
-instead of failing later on the model thread. Model work then goes to the one worker.
+Requests are checked here so bad input fails at once with a reason instead of failing
+later in a job. Checks that read an engine Session's objects (which the model worker
+changes) run on the worker, as an urgent item the request waits for; model work then
+goes to the same worker.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ..preprocess import PreprocessError
 from ..prompts import Prompt, PromptError
 from ..session import Session, SliceResult
 from .config import ServiceConfig
-from .errors import BadInput, NotFound, WrongState
+from .errors import BadInput, NotFound, TooManyObjects, Unavailable, WrongState
 from .jobs import Job, JobStore
 from .sessions import ServiceSession, SessionRegistry
 from .worker import ModelWorker
@@ -120,8 +122,9 @@ class Service:
     def create_session(self, meta: VolumeMeta) -> SessionInfo:
         return self.session_info(self.sessions.create(meta))
 
-    def upload(self, s: ServiceSession, body: bytes | bytearray) -> SessionInfo:
-        self.sessions.upload(s, body)
+    def upload(self, s: ServiceSession, body: bytes | bytearray, *,
+               begun: bool = False) -> SessionInfo:
+        self.sessions.upload(s, body, begun=begun)
         return self.session_info(s)
 
     def delete_session(self, s: ServiceSession) -> Deleted:
@@ -149,13 +152,18 @@ class Service:
             try:
                 if s.closed:
                     raise NotFound(f"session {s.session_id} was closed")
+                new = req.object_id not in es.object_ids
+                if new and len(es.object_ids) >= self.config.max_objects:
+                    raise TooManyObjects(
+                        f"session {s.session_id} holds its maximum of {self.config.max_objects} "
+                        "objects; delete one (DELETE /sessions/{sid}/objects/{oid}) first")
                 result = es.add_prompt(req.object_id, req.axis, req.index, prompt)
-                with self.sessions.lock:  # read by propagate requests on other threads
-                    s.prompted.setdefault(req.object_id, {}).setdefault(req.axis, set()).add(
-                        req.index)
-                return slice_update(result)
+                update = slice_update(result)
             finally:
                 self.sessions.release(s)
+            if new:  # a new mask volume: keep the sessions under the memory budget
+                self.sessions.enforce_budget(protect=s)
+            return update
 
         return self._submit(run, urgent=True, s=s)
 
@@ -178,8 +186,6 @@ class Service:
             try:
                 self._require_object(s, es, object_id)
                 es.remove_object(object_id)
-                with self.sessions.lock:
-                    s.prompted.pop(object_id, None)
                 return Deleted(str(object_id))
             finally:
                 self.sessions.release(s)
@@ -195,64 +201,61 @@ class Service:
                 undo: Callable[[], None] | None = None) -> Future:
         try:
             return self.worker.submit(fn, urgent=urgent, tag=s.session_id)
-        except RuntimeError:  # shutting down: give back what the caller claimed
+        except Unavailable:  # shutting down: give back what the caller claimed
             (undo or (lambda: self.sessions.release(s)))()
             raise
 
     # ---- propagation ---------------------------------------------------------------
-    def propagate(self, s: ServiceSession, req: PropagateRequest) -> JobInfo:
+    def propagate(self, s: ServiceSession, req: PropagateRequest) -> Future:
+        """Plan the job on the worker (the engine Session's objects are the worker's),
+        then queue it; the Future gives its JobInfo, or the reason it was refused."""
         es = self._ready(s)
-        axes, total = self._check_propagate(s, es, req)
-        job = self.jobs.create(s.session_id, req, axes, total)
-        try:
-            self.sessions.claim(s, job.job_id)
-        except Exception:
-            self.jobs.discard(job.job_id)  # busy or closed: this job never existed
-            raise
-        job.on_release = lambda: self.sessions.release(s, job.job_id)
-
-        def undo() -> None:
-            job.finish("failed", ErrorBody("internal", "the server is shutting down"))
-
-        self._submit(lambda: self._run_job(s, es, job), urgent=False, s=s, undo=undo)
-        log.info("session %s: job %s propagates objects %s (%d slices)", s.session_id,
-                 job.job_id, req.object_ids, total)
-        return job.info()
-
-    def _check_propagate(self, s: ServiceSession, es: Session, req: PropagateRequest
-                         ) -> tuple[dict[int, str], int]:
         if not req.object_ids:
             raise BadInput("object_ids is empty: name the objects to propagate")
         if len(set(req.object_ids)) != len(req.object_ids):
             raise BadInput(f"object_ids {req.object_ids} names an object twice")
-        if req.stop_after_empty < 0:
-            raise BadInput("stop_after_empty must be >= 0")
         if not math.isfinite(req.converge_iou):
             raise BadInput("converge_iou must be a finite number")
+        self.sessions.claim(s)  # refuses at once if the session is busy with a job
+
+        def plan() -> JobInfo:
+            try:
+                if s.closed:
+                    raise NotFound(f"session {s.session_id} was closed")
+                axes, total = self._plan(s, es, req)
+                job = self.jobs.create(s.session_id, req, axes, total)
+                try:
+                    self.sessions.claim(s, job.job_id)
+                except Exception:
+                    self.jobs.discard(job.job_id)  # busy or closed: this job never existed
+                    raise
+            finally:
+                self.sessions.release(s)
+            job.on_release = lambda: self.sessions.release(s, job.job_id)
+
+            def undo() -> None:
+                job.release()
+                self.jobs.discard(job.job_id)
+
+            self._submit(lambda: self._run_job(s, es, job), urgent=False, s=s, undo=undo)
+            log.info("session %s: job %s propagates objects %s (%d slices at most)",
+                     s.session_id, job.job_id, req.object_ids, total)
+            return job.info()
+
+        return self._submit(plan, urgent=True, s=s)
+
+    def _plan(self, s: ServiceSession, es: Session, req: PropagateRequest
+              ) -> tuple[dict[int, str], int]:
+        """On the worker: the engine's plan for each object (PromptError: a 400)."""
         axes: dict[int, str] = {}
         total = 0
         for oid in req.object_ids:
             self._require_object(s, es, oid)
-            with self.sessions.lock:
-                prompted = {a: set(ix) for a, ix in s.prompted.get(oid, {}).items() if ix}
-            axis = req.axis
-            if axis is None:
-                if len(prompted) != 1:
-                    raise BadInput(f"object {oid} has prompts on axes {sorted(prompted)}: "
-                                   "name the axis")
-                axis = next(iter(prompted))
-            n = es.num_slices(axis)
-            lo = 0 if req.first is None else req.first
-            hi = n - 1 if req.last is None else req.last
-            if not 0 <= lo <= hi < n:
-                raise BadInput(f"range {lo}..{hi} is not within 0..{n - 1} along axis {axis}")
-            slices = prompted.get(axis, set())
-            if req.start is not None and req.start not in slices:
-                raise BadInput(f"slice {req.start} has no prompt for object {oid} on axis {axis}")
-            if not any(lo <= i <= hi for i in slices):
-                raise BadInput(f"object {oid} has no prompted slice in {lo}..{hi} on axis {axis}")
-            axes[oid] = axis
-            total += hi - lo + 1
+            plan = es.plan_propagation(oid, req.axis, direction=req.direction, start=req.start,
+                                       first=req.first, last=req.last,
+                                       stop_after_empty=req.stop_after_empty)
+            axes[oid] = plan.axis
+            total += plan.max_slices
         return axes, total
 
     def _run_job(self, s: ServiceSession, es: Session, job: Job) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -68,35 +69,46 @@ def _checkpoint_sha256(path: Path) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app
-
     token = args.token if args.token is not None else os.environ.get(ENV_TOKEN, "")
     if not token:
         return _fail(f"a bearer token is required: pass --token TOKEN or set {ENV_TOKEN} "
                      "(clients send it as 'Authorization: Bearer TOKEN')")
     if args.max_upload_mb < 1 or args.memory_budget_mb < 1:
         return _fail("--max-upload-mb and --memory-budget-mb must be >= 1")
+    budget = args.memory_budget_mb * MB
+    try:  # every limit checked before the port is bound and the model loaded
+        config = ServiceConfig(token=token, idle_timeout_s=args.idle_timeout,
+                               memory_budget_bytes=budget,
+                               max_upload_bytes=args.max_upload_mb * MB)
+    except ValueError as exc:
+        return _fail(str(exc))
     try:
         sock = _bind(args.host, args.port)
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
-    if not _is_loopback(sock) and len(token) < 16:
-        sock.close()
+    try:
+        return _serve(args, config, sock)
+    finally:
+        sock.close()  # on every path: refused, failed to load, or served and stopped
+
+
+def _serve(args: argparse.Namespace, config: ServiceConfig, sock: socket.socket) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    if not _is_loopback(sock) and len(config.token) < 16:
         return _fail("off loopback the token must be at least 16 characters "
                      "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
     _setup_logging(args.log_file)
     checkpoint = resolve_checkpoint(args.checkpoint)  # CheckpointError: the CLI reports it
-    budget = args.memory_budget_mb * MB
+    budget = config.memory_budget_bytes
     # one session's feature cache may use half the budget; the rest is shared
     engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
                                     feature_cache_bytes=min(DEFAULT_FEATURE_CACHE_BYTES,
                                                             budget // 2))
-    config = ServiceConfig(token=token, model_name=checkpoint.stem,
-                           checkpoint_sha256=_checkpoint_sha256(checkpoint),
-                           idle_timeout_s=args.idle_timeout, memory_budget_bytes=budget,
-                           max_upload_bytes=args.max_upload_mb * MB)
+    config = dataclasses.replace(config, model_name=checkpoint.stem,
+                                 checkpoint_sha256=_checkpoint_sha256(checkpoint))
     app = create_app(config, engine, worker_thread=False)
     service = app.state.service
     host, port = sock.getsockname()[:2]
@@ -134,7 +146,6 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         server.should_exit = True
         http.join()
-        sock.close()
     if not server.started:
         return _fail(f"the HTTP server on {args.host}:{port} did not start; see the log above")
     return 0

@@ -3,7 +3,9 @@
 A ``ServiceSession`` is one client's volume on this server. It is *active* while model
 work for it is queued or running (``active`` > 0); active sessions are never expired
 nor have their feature cache trimmed, because the model worker uses them without a
-lock. Everything else here happens under the registry lock.
+lock. A session whose volume is being uploaded (``uploading``) is never expired either,
+and the voxels it announced count against the memory budget from the moment the upload
+begins. Everything else here happens under the registry lock.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from medsam_client.protocol import (
@@ -33,7 +35,7 @@ from ..engine import Engine
 from ..preprocess import window_to_uint8
 from ..session import Session
 from .config import ServiceConfig
-from .errors import BadInput, Busy, NotFound, TooLarge, TooManySessions, WrongState
+from .errors import BadInput, Busy, NotFound, OutOfMemory, TooLarge, TooManySessions, WrongState
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -49,8 +51,6 @@ class ServiceSession:
     active: int = 0  # queued or running work items (prompts, jobs, deletions)
     job_id: str | None = None  # the queued or running propagation job
     closed: bool = False  # deleted or expired; work still holding it sees this
-    # object → axis → prompted slices (to check a propagate request before queueing it)
-    prompted: dict[int, dict[str, set[int]]] = field(default_factory=dict)
 
     @property
     def state(self) -> str:
@@ -62,11 +62,24 @@ class ServiceSession:
                            self.meta.sha256, es.object_ids if es else [], idle_timeout_s)
 
     def memory(self) -> dict[str, int]:
+        """Bytes held, by kind; ``uploads``: the voxels an upload in progress announced."""
         es = self.session
         if es is None:
-            return {"volumes": 0, "features": 0, "masks": 0}
+            upload = array_nbytes(self.meta.shape, self.meta.dtype) if self.uploading else 0
+            return {"volumes": 0, "features": 0, "masks": 0, "logits": 0, "uploads": upload}
         return {"volumes": int(es.volume.nbytes), "features": int(es.cache.nbytes),
-                "masks": len(es.object_ids) * int(es.volume.size)}
+                "masks": len(es.object_ids) * int(es.volume.size),
+                "logits": _logits_nbytes(es), "uploads": 0}
+
+
+def _logits_nbytes(es: Session) -> int:
+    """The low-res logits the engine keeps per object, axis and slice."""
+    total = 0
+    for obj in list(es._objects.values()):  # read from other threads: copy the views
+        for state in list(obj.axes.values()):
+            for t in list(state.lowres.values()):
+                total += t.numel() * t.element_size()
+    return total
 
 
 def check_meta(meta: VolumeMeta, config: ServiceConfig) -> None:
@@ -155,25 +168,50 @@ class SessionRegistry:
             if s is not None:
                 s.last_used = self.clock()
 
-    def upload(self, s: ServiceSession, body: bytes | bytearray) -> None:
-        """Decode, check and preprocess the voxels (CPU heavy: not on the event loop)."""
+    def begin_upload(self, s: ServiceSession) -> None:
+        """Mark ``s`` uploading (before its body is read): a second upload is refused at
+        once, the session is not expired meanwhile, and its announced voxels count
+        against the memory budget; refused if they cannot fit beside work in progress."""
+        need = array_nbytes(s.meta.shape, s.meta.dtype)
         with self.lock:
             self.require_awaiting_volume(s)
+            if s.closed:
+                raise NotFound(f"session {s.session_id} was closed")
+            # what cannot be freed: sessions at work and other uploads in progress
+            pinned = sum(sum(o.memory().values()) for o in self._sessions.values()
+                         if o.active > 0 or o.uploading)
+            budget = self.config.memory_budget_bytes
+            if pinned + need > budget:
+                raise OutOfMemory(f"this upload needs {need >> 20} MB, but {pinned >> 20} MB of "
+                                  f"the {budget >> 20} MB memory budget is held by uploads and "
+                                  "work in progress; retry later")
             s.uploading = True
+            s.last_used = self.clock()
+
+    def end_upload(self, s: ServiceSession) -> None:
+        with self.lock:
+            s.uploading = False
+            s.last_used = self.clock()
+
+    def upload(self, s: ServiceSession, body: bytes | bytearray, *, begun: bool = False) -> None:
+        """Decode, check and preprocess the voxels (CPU heavy: not on the event loop).
+        ``begun``: the caller called ``begin_upload`` already (and ends it)."""
+        if not begun:
+            self.begin_upload(s)
         try:
             volume = decode_volume(body, s.meta)
             window = tuple(s.meta.window) if s.meta.window is not None else None
             volume_u8 = window_to_uint8(volume, s.meta.modality, window)  # type: ignore[arg-type]
             del volume
             session = Session(self.engine, volume_u8)
-        finally:
             with self.lock:
+                if s.closed:
+                    raise NotFound(f"session {s.session_id} was closed during the upload")
+                s.session = session
                 s.uploading = False
-        with self.lock:
-            if s.closed:
-                raise NotFound(f"session {s.session_id} was closed during the upload")
-            s.session = session
-            s.last_used = self.clock()
+                s.last_used = self.clock()
+        finally:
+            self.end_upload(s)
         log.info("session %s: volume uploaded (%d bytes on the wire)", s.session_id, len(body))
         self.enforce_budget(protect=s)
 
@@ -229,7 +267,7 @@ class SessionRegistry:
 
     def memory(self) -> dict[str, int]:
         with self.lock:
-            total = {"volumes": 0, "features": 0, "masks": 0}
+            total = {"volumes": 0, "features": 0, "masks": 0, "logits": 0, "uploads": 0}
             for s in self._sessions.values():
                 for key, value in s.memory().items():
                     total[key] += value

@@ -16,6 +16,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -56,7 +58,7 @@ class ModelWorker:
             self._cond.notify_all()
         for item in left:
             if item.future.set_running_or_notify_cancel():
-                item.future.set_exception(RuntimeError("the server is shutting down"))
+                item.future.set_exception(Unavailable("the server is shutting down"))
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -68,7 +70,7 @@ class ModelWorker:
         future: Future = Future()
         with self._cond:
             if self._stopping:
-                raise RuntimeError("the server is shutting down")
+                raise Unavailable("the server is shutting down; retry once it is back")
             (self._urgent if urgent else self._jobs).append(_Item(fn, future, tag))
             self._cond.notify()
         return future
