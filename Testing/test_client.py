@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import shared
 from medsam_client import protocol as P
-from medsam_client.client import SESSION_GONE, MedSAMClient, MedSAMError, slice_mask
+from medsam_client.client import JOB_GONE, SESSION_GONE, MedSAMClient, MedSAMError, slice_mask
 from medsam_client.worker import LocalWorker
 
 CT = "totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"
@@ -132,7 +132,7 @@ def test_segment_two_objects_with_correction_matches_in_process(client, crop_ses
     client.delete_object(session, 2)
     with pytest.raises(MedSAMError, match="has no object 2") as err:
         client.object_mask(session, 2)
-    assert err.value.status == 404 and err.value.code != SESSION_GONE
+    assert (err.value.status, err.value.code) == (404, "object_not_found")
 
 
 def test_closed_session_is_reported_as_gone(client):
@@ -329,6 +329,30 @@ def test_get_is_retried_on_503_but_post_is_not(stub):
         c.cancel("j1")
     assert (err.value.status, err.value.code) == (503, "busy")
     assert seen == [("GET", "/info")] * 2 + [("POST", "/jobs/j1/cancel")]
+
+
+def test_404_codes_map_without_extra_requests(stub):
+    routes, seen, url = stub
+    routes[("GET", "/sessions/s1/objects/1/mask")] = [
+        (404, '{"error": "session_not_found", "message": "unknown session"}')]
+    routes[("DELETE", "/sessions/s1/objects/2")] = [
+        (404, '{"error": "object_not_found", "message": "session s1 has no object 2"}')]
+    routes[("GET", "/jobs/j1")] = [(404, '{"error": "job_not_found", "message": "unknown job"}')]
+    c = MedSAMClient(url, "t")
+    with pytest.raises(MedSAMError, match="no longer has this session") as err:
+        c.object_mask("s1", 1)
+    assert (err.value.status, err.value.code) == (404, SESSION_GONE)
+    with pytest.raises(MedSAMError, match="has no object 2") as err:
+        c.delete_object("s1", 2)
+    assert (err.value.status, err.value.code) == (404, "object_not_found")
+    with pytest.raises(MedSAMError, match="no longer knows this propagation job") as err:
+        c.poll("j1")
+    assert (err.value.status, err.value.code) == (404, JOB_GONE)
+    with pytest.raises(MedSAMError, match=r"\[GET /sessions/s2 → 404\]") as err:
+        c.session_info("s2")  # a bare 404 (unknown route, old server) stays as it is
+    assert (err.value.status, err.value.code) == (404, "nf")
+    assert seen == [("GET", "/sessions/s1/objects/1/mask"), ("DELETE", "/sessions/s1/objects/2"),
+                    ("GET", "/jobs/j1"), ("GET", "/sessions/s2")]  # no probing GET
 
 
 def test_unreachable_server_is_one_clear_error():

@@ -201,12 +201,12 @@ def test_prompt_and_propagation_match_in_process_session(server: LiveServer, eng
     # delete the object, then the session
     assert server.delete(f"/sessions/{sid}/objects/1").json() == {"deleted": "1"}
     r = server.get(f"/sessions/{sid}/objects/1/mask")
-    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    assert r.status_code == 404 and r.json()["error"] == "object_not_found"
     assert server.delete(f"/sessions/{sid}").json() == {"deleted": sid}
     for r in (server.get(f"/sessions/{sid}"),
               server.post(f"/sessions/{sid}/prompt",
                           json={"object_id": 1, "axis": "k", "index": KEY, "box": list(BOX)})):
-        assert r.status_code == 404 and r.json()["error"] == "not_found"
+        assert r.status_code == 404 and r.json()["error"] == "session_not_found"
     assert server.get("/info").json()["sessions"] == 0
 
 
@@ -254,7 +254,7 @@ def test_idle_sessions_expire(random_checkpoint: Path) -> None:
             time.sleep(0.5)
             assert server.get(f"/sessions/{kept}").status_code == 200
         r = server.get(f"/sessions/{dropped}")
-        assert r.status_code == 404 and r.json()["error"] == "not_found"
+        assert r.status_code == 404 and r.json()["error"] == "session_not_found"
         assert "expired" in r.json()["message"]
         time.sleep(2.5)
         assert server.get(f"/sessions/{kept}").status_code == 404

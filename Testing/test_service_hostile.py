@@ -304,12 +304,19 @@ def test_wrong_state_and_unknown_ids(client: TestClient, ready: str) -> None:
     assert_error(client.get(f"/sessions/{waiting}/objects/1/mask"), 409)
     for r in (client.get("/sessions/nope"), client.delete("/sessions/nope"),
               client.post("/sessions/nope/prompt", json=box),
-              client.put("/sessions/nope/volume", content=b"x"),
-              client.get(f"/sessions/{ready}/objects/99/mask"),
+              client.post("/sessions/nope/propagate", json={"object_ids": [1]}),
+              client.get("/sessions/nope/objects/1/mask"),
+              client.delete("/sessions/nope/objects/1"),
+              client.put("/sessions/nope/volume", content=b"x")):
+        assert_error(r, 404, "session_not_found")
+        assert "upload" in r.json()["message"]
+    for r in (client.get(f"/sessions/{ready}/objects/99/mask"),
               client.delete(f"/sessions/{ready}/objects/99"),
-              client.post(f"/sessions/{ready}/propagate", json={"object_ids": [99]}),
-              client.get("/jobs/nope"), client.post("/jobs/nope/cancel"),
-              client.get("/no/such/route")):
+              client.post(f"/sessions/{ready}/propagate", json={"object_ids": [99]})):
+        assert_error(r, 404, "object_not_found")
+    for r in (client.get("/jobs/nope"), client.post("/jobs/nope/cancel")):
+        assert_error(r, 404, "job_not_found")
+    for r in (client.get("/no/such/route"), client.get(f"/sessions/{ready}/nothing")):
         assert_error(r, 404, "not_found")
     assert_error(client.get(f"/sessions/{ready}/objects/one/mask"), 422)
     assert_error(client.post("/info"), 405)

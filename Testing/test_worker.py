@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,77 @@ def test_bad_checkpoint_fails_with_the_log_tail(tmp_path):
     assert err.value.code == "startup_failed"
     assert "missing.pt" in str(err.value)  # the server's own complaint, from the log
     assert not w.is_running()
+
+
+ORPHAN_PARENT = """
+import sys, time
+from medsam_client.worker import LocalWorker
+w = LocalWorker(sys.executable, sys.argv[1], device="cpu", log_path=sys.argv[2],
+                startup_timeout=120).start()
+print(w.pid, w.url, flush=True)
+time.sleep(600)
+"""
+
+
+def _port_answers(url: str) -> bool:
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@needs_service
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
+def test_server_exits_when_its_launcher_is_killed(random_checkpoint, tmp_path):
+    """Slicer crashing (no atexit) must not leave the local worker running forever."""
+    log = tmp_path / "w.log"
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT, str(random_checkpoint),
+                               str(log)], stdout=subprocess.PIPE, text=True)
+    server_pid = None
+    try:
+        line = parent.stdout.readline().split()
+        assert len(line) == 2, f"the launcher did not start a worker:\n{log.read_text()}"
+        server_pid, url = int(line[0]), line[1]
+        assert f"--parent-pid {parent.pid}" in log.read_text()
+        assert _port_answers(url)
+        parent.kill()
+        parent.wait(5)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            # reaped by init; a zombie still answers kill(0) until then, not the port
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the server outlived its killed launcher:\n{log.read_text()}")
+        assert not _port_answers(url)
+        assert "parent process" in log.read_text()
+        server_pid = None
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(5)
+        parent.stdout.close()
+        if server_pid is not None:
+            try:
+                os.kill(server_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.parametrize("pid", ["0", "-5"])
+def test_serve_rejects_a_bad_parent_pid_before_loading(pid, tmp_path, capsys):
+    from medsam_server.cli import main
+
+    rc = main(["serve", "--token", "t", "--port", "0", "--parent-pid", pid,
+               "--checkpoint", str(tmp_path / "never-loaded.pt")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip().count("\n") == 0 and "--parent-pid must be a positive" in err
 
 
 # ---------------------------------------------------------------- fake servers

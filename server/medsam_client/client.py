@@ -365,27 +365,13 @@ class MedSAMClient:
         if status == 401:
             return MedSAMError(f"medsam-server at {self.url} rejected the token: {message}",
                                status, code)
-        if status == 404 and self._session_gone(path):
+        if status == 404 and code == "session_not_found":
             return MedSAMError("the server no longer has this session (restarted or expired); "
                                f"upload again ({message})", status, SESSION_GONE)
-        if status == 404 and path.startswith("/jobs/"):
+        if status == 404 and code == "job_not_found":
             return MedSAMError("the server no longer knows this propagation job (restarted?); "
                                f"start it again ({message})", status, JOB_GONE)
         return MedSAMError(f"medsam-server: {message} [{method} {path} → {status}]", status, code)
-
-    def _session_gone(self, path: str) -> bool:
-        """Is a 404 on ``path`` about the session itself (not e.g. one of its objects)?"""
-        parts = path.split("/")  # "", "sessions", sid, ...
-        if len(parts) < 3 or parts[1] != "sessions":
-            return False
-        if len(parts) == 3 or parts[3] == "volume":
-            return True
-        # the server uses one "not_found" code for sessions and objects: ask about the session
-        try:
-            probe = self._http.get(f"{self.url}/sessions/{parts[2]}", timeout=self.timeout)
-        except requests.RequestException:
-            return False
-        return probe.status_code == 404
 
 
 def _volume_meta(vol: np.ndarray, sha: str, spacing: Sequence[float] = (1.0, 1.0, 1.0),

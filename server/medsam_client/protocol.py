@@ -21,7 +21,11 @@ HTTP API (all but /health need ``Authorization: Bearer <token>``):
   DELETE /sessions/{sid}/objects/{oid}             → Deleted
   GET    /jobs/{jid}?since=N&wait=S                → JobInfo with updates[N:] (long poll ≤ S s)
   POST   /jobs/{jid}/cancel                        → JobInfo
-Errors: any 4xx/5xx body is ErrorBody ``{"error": code, "message": text}``.
+Errors: any 4xx/5xx body is ErrorBody ``{"error": code, "message": text}``. A 404 says
+  what is missing: ``session_not_found`` (unknown session: closed, expired or lost in a
+  server restart; upload the volume again), ``object_not_found`` (the session has no such
+  object), ``job_not_found`` (unknown or forgotten job); plain ``not_found`` is an
+  unknown route.
 """
 
 from __future__ import annotations

@@ -149,10 +149,11 @@ class LocalWorker:
 
     # ---- internals -----------------------------------------------------------------
     def _command(self, port: int) -> list[str]:
-        # the token goes in MEDSAM_TOKEN, not argv: any local user can read a command line
+        # the token goes in MEDSAM_TOKEN, not argv: any local user can read a command line.
+        # --parent-pid: the server exits by itself if we (Slicer) crash or are killed
         return [self.python, "-m", "medsam_server.cli", "serve", "--host", self.host,
                 "--port", str(port), "--checkpoint", self.checkpoint,
-                "--device", self.device, *self.extra_args]
+                "--device", self.device, "--parent-pid", str(os.getpid()), *self.extra_args]
 
     def _launch(self, prefer_port: int | None) -> None:
         for attempt in range(self.port_attempts):

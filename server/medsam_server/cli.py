@@ -81,6 +81,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget-mb", type=int, default=4096,
                    help="feature cache + session memory budget")
     p.add_argument("--max-upload-mb", type=int, default=1024, help="largest request body")
+    p.add_argument("--parent-pid", type=int, metavar="PID",
+                   help="shut down when process PID exits (the launcher of a local worker)")
     p.set_defaults(func=cmd_serve)
 
 

@@ -25,7 +25,27 @@ class Unauthorized(ServiceError):
 
 
 class NotFound(ServiceError):
+    """Something addressed by the request does not exist (404); the subclasses say what."""
+
     code = "not_found"
+
+
+class SessionNotFound(NotFound):
+    """The session is unknown: closed, expired, or lost in a server restart (404)."""
+
+    code = "session_not_found"
+
+
+class ObjectNotFound(NotFound):
+    """The session exists but holds no such object (404)."""
+
+    code = "object_not_found"
+
+
+class JobNotFound(NotFound):
+    """The propagation job is unknown or was forgotten after finishing (404)."""
+
+    code = "job_not_found"
 
 
 class WrongState(ServiceError):

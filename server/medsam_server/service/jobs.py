@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from medsam_client.protocol import ErrorBody, JobInfo, PropagateRequest, SliceUpdate
 
-from .errors import BadInput, NotFound
+from .errors import BadInput, JobNotFound
 
 log = logging.getLogger(__name__)
 FINISHED = ("done", "cancelled", "failed")
@@ -142,8 +142,8 @@ class JobStore:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            raise NotFound(f"unknown job {job_id!r} (finished jobs are kept "
-                           f"{self.keep_s:g} s); start a new one with POST .../propagate")
+            raise JobNotFound(f"unknown job {job_id!r} (finished jobs are kept "
+                              f"{self.keep_s:g} s); start a new one with POST .../propagate")
         return job
 
     def pending(self) -> int:

@@ -38,7 +38,14 @@ from ..preprocess import PreprocessError
 from ..prompts import Prompt, PromptError
 from ..session import Session, SliceResult
 from .config import ServiceConfig
-from .errors import BadInput, NotFound, TooManyObjects, Unavailable, WrongState
+from .errors import (
+    BadInput,
+    ObjectNotFound,
+    SessionNotFound,
+    TooManyObjects,
+    Unavailable,
+    WrongState,
+)
 from .jobs import Job, JobStore
 from .sessions import ServiceSession, SessionRegistry
 from .worker import ModelWorker
@@ -151,7 +158,7 @@ class Service:
         def run() -> SliceUpdate:
             try:
                 if s.closed:
-                    raise NotFound(f"session {s.session_id} was closed")
+                    raise SessionNotFound(f"session {s.session_id} was closed")
                 new = req.object_id not in es.object_ids
                 if new and len(es.object_ids) >= self.config.max_objects:
                     raise TooManyObjects(
@@ -194,7 +201,7 @@ class Service:
 
     def _require_object(self, s: ServiceSession, es: Session, object_id: int) -> None:
         if object_id not in es.object_ids:
-            raise NotFound(f"session {s.session_id} has no object {object_id}; its objects: "
+            raise ObjectNotFound(f"session {s.session_id} has no object {object_id}; its objects: "
                            f"{es.object_ids}")
 
     def _submit(self, fn: Callable[[], object], *, urgent: bool, s: ServiceSession,
@@ -221,7 +228,7 @@ class Service:
         def plan() -> JobInfo:
             try:
                 if s.closed:
-                    raise NotFound(f"session {s.session_id} was closed")
+                    raise SessionNotFound(f"session {s.session_id} was closed")
                 axes, total = self._plan(s, es, req)
                 job = self.jobs.create(s.session_id, req, axes, total)
                 try:

@@ -11,6 +11,8 @@ import signal
 import socket
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..checkpoints import resolve_checkpoint, sha256_file
@@ -68,6 +70,55 @@ def _checkpoint_sha256(path: Path) -> str:
     return sha256_file(path)
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (never signals it: os.kill(pid, 0) kills on Windows)."""
+    if os.name == "nt":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        if not handle:
+            return kernel32.GetLastError() == 5  # ERROR_ACCESS_DENIED: exists, not ours
+        try:
+            return kernel32.WaitForSingleObject(handle, 0) == 0x102  # WAIT_TIMEOUT: running
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _watch_parent(pid: int, on_gone: Callable[[], None], interval: float = 1.0) -> None:
+    """Call ``on_gone`` once (from a daemon thread) when process ``pid`` has exited.
+
+    If ``pid`` is our parent, being re-parented (``os.getppid()`` changes) also counts:
+    that catches the parent dying even if its pid is reused at once.
+    """
+    was_parent = pid == os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if (was_parent and os.getppid() != pid) or not _pid_alive(pid):
+                log.warning("parent process %d has exited; shutting down", pid)
+                on_gone()
+                return
+
+    threading.Thread(target=watch, name="medsam-parent-watch", daemon=True).start()
+
+
+def _exit_like_sigterm() -> None:
+    """Take the SIGTERM path: before the handlers are set, that ends the process (the
+    model is still loading, nothing to clean up); after, it stops uvicorn and the worker."""
+    if os.name == "nt":
+        os._exit(1)  # os.kill(own pid, SIGTERM) is TerminateProcess there anyway
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def serve(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get(ENV_TOKEN, "")
     if not token:
@@ -75,6 +126,12 @@ def serve(args: argparse.Namespace) -> int:
                      "(clients send it as 'Authorization: Bearer TOKEN')")
     if args.max_upload_mb < 1 or args.memory_budget_mb < 1:
         return _fail("--max-upload-mb and --memory-budget-mb must be >= 1")
+    parent_pid = getattr(args, "parent_pid", None)
+    if parent_pid is not None:
+        if parent_pid <= 0:
+            return _fail(f"--parent-pid must be a positive process id, not {parent_pid}")
+        if not _pid_alive(parent_pid):
+            return _fail(f"--parent-pid {parent_pid}: no such process")
     budget = args.memory_budget_mb * MB
     try:  # every limit checked before the port is bound and the model loaded
         config = ServiceConfig(token=token, idle_timeout_s=args.idle_timeout,
@@ -101,6 +158,8 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, sock: socket.socket)
         return _fail("off loopback the token must be at least 16 characters "
                      "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
     _setup_logging(args.log_file)
+    if getattr(args, "parent_pid", None):  # watch during the model load too
+        _watch_parent(args.parent_pid, _exit_like_sigterm)
     checkpoint = resolve_checkpoint(args.checkpoint)  # CheckpointError: the CLI reports it
     budget = config.memory_budget_bytes
     # one session's feature cache may use half the budget; the rest is shared

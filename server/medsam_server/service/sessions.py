@@ -35,7 +35,15 @@ from ..engine import Engine
 from ..preprocess import window_to_uint8
 from ..session import Session
 from .config import ServiceConfig
-from .errors import BadInput, Busy, NotFound, OutOfMemory, TooLarge, TooManySessions, WrongState
+from .errors import (
+    BadInput,
+    Busy,
+    OutOfMemory,
+    SessionNotFound,
+    TooLarge,
+    TooManySessions,
+    WrongState,
+)
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -156,9 +164,10 @@ class SessionRegistry:
         with self.lock:
             s = self._sessions.get(session_id)
             if s is None:
-                raise NotFound(f"unknown session {session_id!r} (closed, expired after "
-                               f"{self.config.idle_timeout_s:g} s idle, or never created); "
-                               "create a new one with POST /sessions")
+                raise SessionNotFound(
+                    f"unknown session {session_id!r}: it may have expired (after "
+                    f"{self.config.idle_timeout_s:g} s idle), been closed, or the server "
+                    "restarted; upload the volume again (POST /sessions)")
             s.last_used = self.clock()
             return s
 
@@ -176,7 +185,7 @@ class SessionRegistry:
         with self.lock:
             self.require_awaiting_volume(s)
             if s.closed:
-                raise NotFound(f"session {s.session_id} was closed")
+                raise SessionNotFound(f"session {s.session_id} was closed")
             # what cannot be freed: sessions at work and other uploads in progress
             pinned = sum(sum(o.memory().values()) for o in self._sessions.values()
                          if o.active > 0 or o.uploading)
@@ -206,7 +215,7 @@ class SessionRegistry:
             session = Session(self.engine, volume_u8)
             with self.lock:
                 if s.closed:
-                    raise NotFound(f"session {s.session_id} was closed during the upload")
+                    raise SessionNotFound(f"session {s.session_id} was closed during the upload")
                 s.session = session
                 s.uploading = False
                 s.last_used = self.clock()
@@ -237,7 +246,7 @@ class SessionRegistry:
         """Mark work queued for ``s``; with ``job_id`` it is that session's one job."""
         with self.lock:
             if s.closed:
-                raise NotFound(f"session {s.session_id} was closed")
+                raise SessionNotFound(f"session {s.session_id} was closed")
             if s.job_id is not None:
                 raise Busy(f"session {s.session_id} is busy with job {s.job_id}; wait for it "
                            f"(GET /jobs/{s.job_id}) or cancel it (POST /jobs/{s.job_id}/cancel)")
