@@ -8,7 +8,6 @@ anything unexpected to a 500 that names no internals.
 # No ``from __future__ import annotations``: FastAPI reads the route signatures at run
 # time, and they refer to names local to create_app.
 import asyncio
-import hmac
 import logging
 from collections.abc import Callable
 from typing import Annotated
@@ -17,7 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from medsam_client.protocol import (
     CodecError,
     Deleted,
@@ -42,7 +41,7 @@ from ..prompts import PromptError
 from . import errors
 from .config import ServiceConfig
 from .jobs import Job
-from .middleware import UNAUTHORIZED, AccessLogMiddleware, BodyLimitMiddleware, TokenMiddleware
+from .middleware import AccessLogMiddleware, BodyLimitMiddleware, TokenMiddleware
 from .operations import Service
 from .sessions import ServiceSession
 
@@ -117,15 +116,6 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
     app.add_middleware(AccessLogMiddleware)
 
     bearer = HTTPBearer(auto_error=False, description="the token the server was started with")
-    token = config.token.encode()
-
-    def require_token(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        # TokenMiddleware has checked already, before the body was read; this dependency
-        # documents bearer auth in the OpenAPI schema (and checks again, to be safe)
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token):
-            raise errors.Unauthorized(UNAUTHORIZED)
 
     def session_dep(sid: str) -> ServiceSession:
         return service.sessions.get(sid)
@@ -141,7 +131,9 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
         return Health("ok", __version__)
 
     # documented error answers (all ErrorBody), so the schema tells clients the truth
-    api = APIRouter(dependencies=[Depends(require_token)], responses={
+    # TokenMiddleware enforces the token before any body is read; this dependency only
+    # declares bearer auth in the OpenAPI schema
+    api = APIRouter(dependencies=[Depends(bearer)], responses={
         status: {"model": ErrorBody, "description": code}
         for status, code in CODE_FOR_STATUS.items() if status != 405})
 
