@@ -384,6 +384,23 @@ def test_failing_callback_cancels_the_job(stub):
     assert seen[-1] == ("POST", "/jobs/j1/cancel")  # the server is not left busy
 
 
+def test_a_job_without_progress_is_cancelled_after_the_stall_timeout(stub):
+    routes, seen, url = stub
+    job = P.JobInfo("j2", "s1", "running", 0, 8, [], 0)
+    routes[("POST", "/sessions/s1/propagate")] = [(200, json.dumps(P.to_json(job)))]
+    routes[("GET", "/jobs/j2")] = [(200, json.dumps(P.to_json(job)))]
+    routes[("POST", "/jobs/j2/cancel")] = [(200, json.dumps(P.to_json(job)))]
+    polls = []
+    t0 = time.monotonic()
+    with pytest.raises(MedSAMError, match="no progress") as err:
+        MedSAMClient(url, "t").propagate("s1", [1], poll_wait=0.05, stall_timeout=0.5,
+                                         on_job=polls.append)
+    assert err.value.code == "stalled"
+    assert 0.5 <= time.monotonic() - t0 < 5
+    assert polls and all(p.state == "running" and p.total_slices == 8 for p in polls)
+    assert seen[-1] == ("POST", "/jobs/j2/cancel")  # the server is told to stop
+
+
 def test_client_side_imports_neither_torch_nor_slicer():
     import subprocess
 

@@ -265,17 +265,24 @@ class MedSAMClient:
                   start: int | None = None, first: int | None = None, last: int | None = None,
                   stop_after_empty: int = 0, converge_iou: float = 0.98,
                   on_update: Callable[[P.SliceUpdate], None] | None = None,
-                  cancel: threading.Event | None = None, poll_wait: float = 1.0) -> P.JobInfo:
+                  on_job: Callable[[P.JobInfo], None] | None = None,
+                  cancel: threading.Event | None = None, poll_wait: float = 1.0,
+                  stall_timeout: float | None = None) -> P.JobInfo:
         """Run a propagation job to its end, calling ``on_update`` for each slice result.
 
-        Setting ``cancel`` asks the server to stop; the job then ends "cancelled". Returns
-        the final JobInfo with every update received; a failed job raises MedSAMError.
+        ``on_job`` hears each poll's JobInfo (state, done/total slices) for a progress bar.
+        Setting ``cancel`` asks the server to stop; the job then ends "cancelled". With
+        ``stall_timeout``, a job that reports no new slice for that many seconds is
+        cancelled and raises MedSAMError (code "stalled"), so a caller never waits forever
+        on a stuck server. Returns the final JobInfo with every update received; a failed
+        job raises MedSAMError.
         """
         job_id = self.start_propagation(
             session, object_ids, axis=axis, direction=direction, start=start, first=first,
             last=last, stop_after_empty=stop_after_empty, converge_iou=converge_iou)
         received: list[P.SliceUpdate] = []
         since, cancel_sent = 0, False
+        last_news = time.monotonic()
         try:
             while True:
                 if cancel is not None and cancel.is_set() and not cancel_sent:
@@ -287,9 +294,20 @@ class MedSAMClient:
                     received.append(update)
                     if on_update is not None:
                         on_update(update)
+                if on_job is not None:
+                    on_job(job)
                 since = job.next_since if job.next_since >= since else since + len(job.updates)
                 if job.state in TERMINAL_JOB_STATES:
                     break
+                now = time.monotonic()
+                if job.updates:
+                    last_news = now
+                elif stall_timeout is not None and now - last_news > stall_timeout:
+                    raise MedSAMError(
+                        f"medsam-server reported no progress on propagation job {job_id} for "
+                        f"{stall_timeout:g} s (state {job.state}); it was cancelled. The server "
+                        "may be overloaded or stuck: check its log, then try again.",
+                        code="stalled")
         except BaseException:
             # the caller stops listening (error, Ctrl-C): don't leave the server busy
             if not cancel_sent:
