@@ -531,3 +531,92 @@ def test_version_and_usage_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["segment", "x.nii.gz", "-o", "y.nii.gz", "--modality", "pet"])
     assert exc.value.code == 2
+
+
+# ---- checkpoints --json / --progress-json (what the Slicer settings panel reads) -------
+
+
+@pytest.fixture
+def hf_server():
+    """test_checkpoints' stand-in for Hugging Face, serving 3 MB (48 network chunks)."""
+    import hashlib
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    import test_checkpoints as tc
+
+    data = os.urandom(3_000_000)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), tc._Handler)
+    httpd.daemon_threads = True
+    httpd.cfg = tc.ServerConfig(data=data, etag=hashlib.sha256(data).hexdigest())
+    httpd.cfg.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.cfg
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]  # every line must be JSON
+
+
+def test_checkpoints_json_lists_every_release(tmp_path):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "MedSAM2_CTLesion.pt").write_bytes(b"x" * 10)
+    rc, out, err = cli("checkpoints", "--json")
+    assert rc == 0 and err == ""
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert len(rows) == 5 and rows["MedSAM2_latest"]["default"] is True
+    assert rows["MedSAM2_latest"]["path"] is None
+    assert rows["MedSAM2_CTLesion"]["path"] == str(tmp_path / "cache" / "MedSAM2_CTLesion.pt")
+    assert rows["MedSAM2_CTLesion"]["size"] == 10
+
+
+def test_checkpoints_progress_json_download(tmp_path, hf_server, monkeypatch):
+    import time
+
+    start = time.monotonic()
+    rc, out, err = cli("checkpoints", "--download", "MedSAM2_latest", "--progress-json",
+                       "--base-url", hf_server.base_url)
+    elapsed = time.monotonic() - start
+    assert rc == 0, err
+    assert err == ""  # no progress bar, no "downloaded" line: the events say it all
+    events = json_lines(out)
+    assert events[0]["event"] == "licence" and "CC-BY-SA-4.0" in events[0]["text"]
+    final = tmp_path / "cache" / "MedSAM2_latest.pt"
+    assert events[-1] == {"event": "done", "path": str(final)}
+    assert final.read_bytes() == hf_server.data
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["done"] for e in progress] == sorted(e["done"] for e in progress)
+    assert progress[-1] == {"event": "progress", "done": 3_000_000, "total": 3_000_000}
+    # 46 chunks of 64 KB arrive; at most ~5 lines a second reach stdout, plus the last
+    assert len(progress) <= 2 + 5 * elapsed, (len(progress), elapsed)
+    assert len(events) == len(progress) + 2
+
+    # again, from the default host (looked up at call time): the licence was shown already
+    monkeypatch.setattr("medsam_server.checkpoints.HF_BASE_URL", hf_server.base_url)
+    rc, out, err = cli("checkpoints", "--download", "MedSAM2_latest", "--progress-json")
+    assert rc == 0, err
+    assert [e["event"] for e in json_lines(out)][-1] == "done"
+    assert "licence" not in {e["event"] for e in json_lines(out)}
+
+
+def test_checkpoints_progress_json_failure_is_a_user_error(tmp_path, hf_server):
+    rc, out, err = cli("checkpoints", "--download", "MedSAM2_2411", "--progress-json",
+                       "--base-url", hf_server.base_url)  # this server has only _latest
+    assert rc == 2
+    assert err.startswith(ERROR_PREFIX) and "HTTP 404" in err and len(err.splitlines()) == 1
+    assert "done" not in {e["event"] for e in json_lines(out)}
+    assert not (tmp_path / "cache" / "MedSAM2_2411.pt").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--progress-json"], "--download"),
+    (["--json", "--progress-json", "--download", "MedSAM2_latest"], "not both"),
+])
+def test_checkpoints_progress_json_misuse(argv, needle):
+    rc, out, err = cli("checkpoints", *argv)
+    assert rc == 2 and out == ""
+    assert err.startswith(ERROR_PREFIX) and needle in err and len(err.splitlines()) == 1

@@ -7,6 +7,7 @@ writes nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -102,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("checkpoints", help="list known MedSAM2 releases and the cache")
     p.add_argument("--cache-dir", help="cache folder (default $MEDSAM2_CACHE_DIR or ~/.cache/medsam2)")
     p.add_argument("--download", metavar="NAME", help="download a release into the cache")
+    p.add_argument("--base-url", metavar="URL",
+                   help="download from this mirror of https://huggingface.co")
+    p.add_argument("--json", action="store_true",
+                   help="print the list as one JSON array on stdout (for programs)")
+    p.add_argument("--progress-json", action="store_true",
+                   help="with --download: instead of a progress bar, write JSON lines on stdout "
+                   '({"event": "licence"|"progress"|"done", ...})')
     p.set_defaults(func=cmd_checkpoints)
     p = sub.add_parser("make-test-checkpoint",
                        help="write a seeded RANDOM-weight checkpoint (tests/benchmarks only)")
@@ -184,15 +192,62 @@ def _progress_bar(specs: list[ObjectSpec], session: object):  # noqa: ANN202
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
+    if args.progress_json and not args.download:
+        raise CheckpointError("--progress-json reports a download: add --download NAME")
+    if args.progress_json and args.json:
+        raise CheckpointError("give --json or --progress-json, not both (stdout carries one "
+                              "format)")
     if args.download:
         from .checkpoints import _cache as cache_dir
         from .checkpoints import download_release, get_release
 
-        path = download_release(get_release(args.download), cache_dir(args.cache_dir),
+        release = get_release(args.download)
+        if args.progress_json:
+            events = _JsonEvents()
+            path = download_release(release, cache_dir(args.cache_dir), base_url=args.base_url,
+                                    progress=events.progress,
+                                    notify=lambda text: events.emit(event="licence", text=text))
+            events.flush_progress()
+            events.emit(event="done", path=str(path))
+            return 0
+        path = download_release(release, cache_dir(args.cache_dir), base_url=args.base_url,
                                 progress=_download_progress())
         print(f"downloaded {path}", file=sys.stderr)
-    print(format_checkpoint_table(list_checkpoints(args.cache_dir)))
+    rows = list_checkpoints(args.cache_dir)
+    print(json.dumps(rows) if args.json else format_checkpoint_table(rows))
     return 0
+
+
+class _JsonEvents:
+    """``--progress-json``: one JSON object per line on stdout, for the Slicer settings panel.
+
+    Progress comes per 64 KB chunk; at most one line per ``interval`` s keeps the reader's
+    GUI responsive, and ``flush_progress`` sends the last figure held back.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self._last = -float("inf")
+        self._held: tuple[int, int | None] | None = None
+
+    def emit(self, **event: object) -> None:
+        # one write per line, so a line is never split by another write
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+    def progress(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._held = (done, total)
+            return
+        self._last, self._held = now, None
+        self.emit(event="progress", done=done, total=total)
+
+    def flush_progress(self) -> None:
+        if self._held is not None:
+            done, total = self._held
+            self._held = None
+            self.emit(event="progress", done=done, total=total)
 
 
 def _download_progress():  # noqa: ANN202
