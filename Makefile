@@ -7,11 +7,13 @@ TORCH_SPEC ?= torch==2.13.0
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test lint demo bench clean
+SLICER_API_CHECK := ../shared/tools/slicer_api/check.py
+
+.PHONY: setup test lint slicer-api demo bench screenshots clean
 
 setup: $(STAMP)
 
-$(STAMP): server/pyproject.toml server/requirements-sam2.txt Makefile
+$(STAMP): server/pyproject.toml server/requirements-sam2.txt Testing/requirements-slicer.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "$(TORCH_SPEC)"
@@ -19,10 +21,16 @@ $(STAMP): server/pyproject.toml server/requirements-sam2.txt Makefile
 	SAM2_BUILD_CUDA=0 $(PIP) install --no-deps --no-build-isolation --require-hashes \
 		-r server/requirements-sam2.txt
 	$(PY) -c "import sys, sam2.modeling.sam2_base; assert 'torchvision' not in sys.modules"
+	$(PIP) install -r Testing/requirements-slicer.txt
 	touch $(STAMP)
 
-test: setup lint
+test: setup lint slicer-api
 	$(PY) -m pytest Testing
+
+# Every Slicer/MRML/VTK/Qt/CTK name the Slicer side uses must exist in Slicer's API.
+slicer-api:
+	@test -f $(SLICER_API_CHECK) || { echo "missing $(SLICER_API_CHECK) (../shared beside the repo)"; exit 1; }
+	python3 $(SLICER_API_CHECK) MedSAMSegment
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -32,6 +40,9 @@ demo: setup
 
 bench: setup
 	$(PY) bench/bench_engine.py
+
+screenshots: setup
+	$(PY) scripts/render_screenshots.py
 
 clean:
 	rm -rf $(VENV) out

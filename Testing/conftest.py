@@ -11,6 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO / "bench"))  # the stock-predictor baseline lives there
+# The Slicer side imports its package as Slicer does: from the module folder on sys.path.
+sys.path.insert(0, str(REPO / "MedSAMSegment"))
 
 
 def shared(relative: str) -> Path:
