@@ -1,0 +1,138 @@
+"""The extension's settings and the backend they describe (pure Python).
+
+Settings persist in Slicer's settings (QSettings in the Qt glue; a dict in tests)
+under the ``MedSAMSegment/`` group. ``BackendHolder`` is the one backend every
+Segment Editor effect instance shares: one local worker per Slicer, or one client of
+a remote server; it is rebuilt when the settings change.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from medsam_client.client import MedSAMError
+
+from .backend import Backend, LocalBackend, RemoteBackend
+
+GROUP = "MedSAMSegment"
+TOKEN_ENV = "MEDSAM_TOKEN"  # a remote token from the environment is used and never stored
+
+
+@dataclass
+class Settings:
+    backend: str = "local"  # local or remote
+    python: str = ""  # interpreter of the local worker ("" = not installed yet)
+    checkpoint: str = ""  # MedSAM2 weights for the local worker
+    device: str = "auto"  # auto, cpu, cuda, mps
+    server_url: str = ""
+    token: str = ""
+    modality: str = "auto"  # auto, ct, mr
+    log_dir: str = ""  # annotation log and worker log folder ("" = default)
+
+    def validate(self) -> list[str]:
+        """What is missing for the chosen backend, in words a user can act on."""
+        problems = []
+        if self.backend == "local":
+            if not self.python:
+                problems.append("no Python for the local worker: click Install (or choose an "
+                                "interpreter that has medsam-server)")
+            if not self.checkpoint or not Path(self.checkpoint).is_file():
+                problems.append("no MedSAM2 checkpoint: click Download (or choose the file)")
+        elif self.backend == "remote":
+            if not self.server_url:
+                problems.append("no server URL")
+            if not (self.token or os.environ.get(TOKEN_ENV)):
+                problems.append(f"no access token (set it here or in ${TOKEN_ENV})")
+        else:
+            problems.append(f"unknown backend {self.backend!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            problems.append(f"unknown device {self.device!r}")
+        if self.modality not in ("auto", "ct", "mr"):
+            problems.append(f"unknown intensity mode {self.modality!r}")
+        return problems
+
+
+class SettingsStore:
+    """Key/value persistence (interface); keys are ``MedSAMSegment/<field>``."""
+
+    def get(self, key: str) -> str | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def set(self, key: str, value: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class DictStore(SettingsStore):
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+
+def load(store: SettingsStore) -> Settings:
+    s = Settings()
+    for f in fields(Settings):
+        value = store.get(f"{GROUP}/{f.name}")
+        if value is not None:
+            setattr(s, f.name, str(value))
+    return s
+
+
+def save(store: SettingsStore, settings: Settings) -> None:
+    for f in fields(Settings):
+        store.set(f"{GROUP}/{f.name}", str(getattr(settings, f.name)))
+
+
+def log_folder(settings: Settings, default: Path) -> Path:
+    return Path(settings.log_dir) if settings.log_dir else default
+
+
+def make_backend(settings: Settings, log_dir: Path,
+                 on_message: Callable[[str], None] | None = None) -> Backend:
+    problems = settings.validate()
+    if problems:
+        raise MedSAMError("MedSAM2 is not set up: " + "; ".join(problems) +
+                          ". Open the MedSAMSegment module to finish the set-up.",
+                          code="not_configured")
+    if settings.backend == "remote":
+        return RemoteBackend(settings.server_url, settings.token or os.environ[TOKEN_ENV])
+    return LocalBackend(settings.python, settings.checkpoint, device=settings.device,
+                        log_path=log_dir / "medsam-worker.log", on_message=on_message)
+
+
+class BackendHolder:
+    """The shared backend, built from the settings on first use and after each change."""
+
+    def __init__(self, settings: Callable[[], Settings], log_dir: Callable[[], Path],
+                 on_message: Callable[[str], None] | None = None) -> None:
+        self._settings = settings
+        self._log_dir = log_dir
+        self._on_message = on_message
+        self._backend: Backend | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Backend:
+        """The current backend (worker thread); MedSAMError when not set up."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = make_backend(self._settings(), self._log_dir(),
+                                             self._on_message)
+            return self._backend
+
+    def peek(self) -> Backend | None:
+        return self._backend
+
+    def reset(self) -> None:
+        """Settings changed: drop (and stop) the old backend; sessions replay on the next."""
+        with self._lock:
+            old, self._backend = self._backend, None
+        if old is not None:
+            old.close()
