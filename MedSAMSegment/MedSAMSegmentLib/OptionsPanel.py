@@ -1,0 +1,247 @@
+"""The MedSAM2 effect's options frame (Qt glue): widgets only, no logic.
+
+The effect builds it in ``setupOptionsFrame`` and calls ``refresh`` with a plain
+``PanelState``; button presses call the effect's handlers given in ``actions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ctk
+import qt
+
+from .panel_state import PanelState
+from .source_volume import CT_PRESETS
+
+MESSAGE_COLORS = {"info": "", "warning": "#b26b00", "error": "#c62828"}
+DIRECTIONS = (("Both directions", "both"), ("Increasing slice numbers", "forward"),
+              ("Decreasing slice numbers", "backward"))
+
+
+class OptionsPanel:
+    def __init__(self, scriptedEffect: object, actions: dict[str, Callable]) -> None:
+        self.actions = actions
+        self.mode = "box"
+        effect = scriptedEffect
+
+        self.status = qt.QLabel()
+        self.status.wordWrap = True
+        effect.addOptionsWidget(self.status)
+        self.message = qt.QLabel()
+        self.message.wordWrap = True
+        self.message.setTextInteractionFlags(qt.Qt.TextSelectableByMouse)
+        effect.addOptionsWidget(self.message)
+
+        # prompt modes
+        modes = qt.QHBoxLayout()
+        self.mode_group = qt.QButtonGroup()
+        self.mode_buttons = {}
+        for key, text, tip in (
+                ("box", "Box", "Left-drag a box around the structure on any slice"),
+                ("positive", "+ Point", "Left-click inside the structure to add it"),
+                ("negative", "− Point", "Left-click outside the structure to remove it")):
+            button = qt.QToolButton()
+            button.text = text
+            button.toolTip = tip
+            button.checkable = True
+            button.setSizePolicy(qt.QSizePolicy.Expanding, qt.QSizePolicy.Fixed)
+            self.mode_group.addButton(button)
+            modes.addWidget(button)
+            button.connect("clicked()", lambda k=key: self._set_mode(k))
+            self.mode_buttons[key] = button
+        self.mode_buttons["box"].checked = True
+        effect.addLabeledOptionsWidget("Prompt:", modes)
+        self.from_segment = qt.QPushButton("Use this slice of the segment as the prompt")
+        self.from_segment.toolTip = ("After correcting the segment with Paint/Erase on a slice, "
+                                     "make that slice the prompt and propagate again")
+        self.from_segment.connect("clicked()", actions["from_segment"])
+        effect.addOptionsWidget(self.from_segment)
+
+        # propagation
+        prop = ctk.ctkCollapsibleButton()
+        prop.text = "Propagate"
+        form = qt.QFormLayout(prop)
+        self.direction = qt.QComboBox()
+        for text, value in DIRECTIONS:
+            self.direction.addItem(text, value)
+        form.addRow("Direction:", self.direction)
+        rng = qt.QHBoxLayout()
+        self.whole = qt.QCheckBox("whole volume")
+        self.whole.checked = True
+        self.first = qt.QSpinBox()
+        self.last = qt.QSpinBox()
+        for spin in (self.first, self.last):
+            spin.enabled = False
+        self.whole.connect("toggled(bool)", lambda on: self._range_enabled(not on))
+        rng.addWidget(self.whole)
+        rng.addWidget(qt.QLabel("or slices"))
+        rng.addWidget(self.first)
+        rng.addWidget(qt.QLabel("to"))
+        rng.addWidget(self.last)
+        form.addRow("Range:", rng)
+        self.stop_empty = qt.QSpinBox()
+        self.stop_empty.setRange(0, 100)
+        self.stop_empty.toolTip = ("Stop a direction after this many slices the model finds "
+                                   "empty (0 = go to the end of the range)")
+        form.addRow("Stop after empty slices:", self.stop_empty)
+        buttons = qt.QHBoxLayout()
+        self.propagate = qt.QPushButton("Propagate")
+        self.propagate.connect("clicked()", lambda: actions["propagate"](False))
+        self.propagate_all = qt.QPushButton("Propagate all segments")
+        self.propagate_all.connect("clicked()", lambda: actions["propagate"](True))
+        self.cancel = qt.QPushButton("Cancel")
+        self.cancel.toolTip = "Stop the propagation; slices done so far stay in the preview (Esc)"
+        self.cancel.connect("clicked()", actions["cancel"])
+        for b in (self.propagate, self.propagate_all, self.cancel):
+            buttons.addWidget(b)
+        form.addRow(buttons)
+        self.progress = qt.QProgressBar()
+        self.progress.visible = False
+        form.addRow(self.progress)
+        effect.addOptionsWidget(prop)
+
+        # review
+        review = ctk.ctkCollapsibleButton()
+        review.text = "Review (least confident slices first)"
+        rform = qt.QVBoxLayout(review)
+        self.review = qt.QListWidget()
+        self.review.setMaximumHeight(110)
+        self.review.connect("itemDoubleClicked(QListWidgetItem*)", lambda item: self._jump())
+        rform.addWidget(self.review)
+        nav = qt.QHBoxLayout()
+        self.prev = qt.QPushButton("Previous")
+        self.next = qt.QPushButton("Next")
+        self.prev.connect("clicked()", lambda: self._step(-1))
+        self.next.connect("clicked()", lambda: self._step(1))
+        nav.addWidget(self.prev)
+        nav.addWidget(self.next)
+        rform.addLayout(nav)
+        effect.addOptionsWidget(review)
+
+        # intensity
+        intensity = ctk.ctkCollapsibleButton()
+        intensity.text = "Intensity"
+        intensity.collapsed = True
+        iform = qt.QFormLayout(intensity)
+        self.modality = qt.QComboBox()
+        for text, value in (("Automatic (CT if air is present)", "auto"),
+                            ("CT: the view's window/level", "ct"), ("MR: normalised", "mr")):
+            self.modality.addItem(text, value)
+        self.modality.connect("currentIndexChanged(int)",
+                              lambda i: actions["modality"](self.modality.itemData(i)))
+        iform.addRow("Model input:", self.modality)
+        presets = qt.QHBoxLayout()
+        for name, (level, width) in CT_PRESETS.items():
+            b = qt.QPushButton(name)
+            b.toolTip = f"Show the volume with level {level:g} / width {width:g} HU"
+            b.connect("clicked()", lambda lv=level, w=width: actions["preset"](lv, w))
+            presets.addWidget(b)
+        iform.addRow("CT presets:", presets)
+        self.model_window = qt.QLabel()
+        self.use_window = qt.QPushButton("Use view window")
+        self.use_window.toolTip = "Send the volume again with the window the view shows now"
+        self.use_window.connect("clicked()", actions["use_window"])
+        row = qt.QHBoxLayout()
+        row.addWidget(self.model_window)
+        row.addWidget(self.use_window)
+        iform.addRow("MedSAM2 sees:", row)
+        effect.addOptionsWidget(intensity)
+
+        # apply
+        self.apply_mode = qt.QComboBox()
+        self.apply_mode.addItem("Replace the segment on the result's slices", "replace")
+        self.apply_mode.addItem("Add to the segment", "add")
+        effect.addLabeledOptionsWidget("Apply:", self.apply_mode)
+        self.opacity = ctk.ctkSliderWidget()
+        self.opacity.minimum, self.opacity.maximum = 0.0, 1.0
+        self.opacity.singleStep = 0.05
+        self.opacity.value = 0.6
+        self.opacity.connect("valueChanged(double)", actions["opacity"])
+        effect.addLabeledOptionsWidget("Preview opacity:", self.opacity)
+        finish = qt.QHBoxLayout()
+        self.discard = qt.QPushButton("Discard")
+        self.discard.toolTip = "Forget this segment's MedSAM2 preview and prompts (the segment stays)"
+        self.discard.connect("clicked()", actions["discard"])
+        self.apply = qt.QPushButton("Apply")
+        self.apply.toolTip = "Write the preview into the segment (Undo restores it; Enter)"
+        self.apply.connect("clicked()", lambda: actions["apply"](False))
+        self.apply_all = qt.QPushButton("Apply all")
+        self.apply_all.connect("clicked()", lambda: actions["apply"](True))
+        for b in (self.discard, self.apply, self.apply_all):
+            finish.addWidget(b)
+        effect.addOptionsWidget(finish)
+        self.settings = qt.QPushButton("Server and model settings…")
+        self.settings.connect("clicked()", actions["settings"])
+        effect.addOptionsWidget(self.settings)
+
+    # ---- values --------------------------------------------------------------------
+    def propagate_options(self) -> dict:
+        whole = self.whole.checked
+        return {"direction": self.direction.currentData,
+                "first": None if whole else int(self.first.value),
+                "last": None if whole else int(self.last.value),
+                "stop_after_empty": int(self.stop_empty.value)}
+
+    def replace(self) -> bool:
+        return self.apply_mode.currentData == "replace"
+
+    def show_message(self, text: str, level: str) -> None:
+        color = MESSAGE_COLORS.get(level, "")
+        self.message.setStyleSheet(f"color: {color}" if color else "")
+        self.message.text = text
+
+    def refresh(self, s: PanelState) -> None:
+        idle = not s.propagating
+        self.status.text = (f"<b>{s.segment or 'No segment selected'}</b>: "
+                            + (f"prompts on slice(s) {', '.join(map(str, s.prompted))}; "
+                               f"{s.pending} slice(s) in the preview" if s.prompted
+                               else "draw a box around the structure on any slice")
+                            + (f"<br>{s.backend}" if s.backend else ""))
+        self.propagate.enabled = idle and bool(s.prompted)
+        self.propagate_all.enabled = idle
+        self.cancel.enabled = s.propagating
+        self.apply.enabled = idle and s.pending > 0
+        self.apply_all.enabled = idle
+        self.discard.enabled = bool(s.prompted) or s.pending > 0
+        self.progress.visible = s.propagating
+        if s.progress is not None:
+            done, total = s.progress
+            self.progress.setRange(0, max(total, 1))
+            self.progress.value = done
+            self.progress.format = f"{done} / {total} slices"
+        for spin in (self.first, self.last):
+            spin.setRange(0, max(s.slices - 1, 0))
+        if self.whole.checked and s.slices:
+            self.last.value = s.slices - 1
+        self.model_window.text = s.model_window
+        was = self.review.blockSignals(True)
+        self.review.clear()
+        for text in s.review:
+            self.review.addItem(text)
+        self.review.blockSignals(was)
+        self._review_slices = list(s.review_slices)
+        self.prev.enabled = self.next.enabled = bool(s.review_slices)
+
+    # ---- internals -----------------------------------------------------------------
+    def _set_mode(self, mode: str) -> None:
+        self.mode = mode
+
+    def _range_enabled(self, on: bool) -> None:
+        self.first.enabled = on
+        self.last.enabled = on
+
+    def _step(self, delta: int) -> None:
+        n = self.review.count
+        if n == 0:
+            return
+        row = self.review.currentRow
+        row = 0 if row < 0 else (row + delta) % n
+        self.review.setCurrentRow(row)
+        self._jump()
+
+    def _jump(self) -> None:
+        row = self.review.currentRow
+        slices = getattr(self, "_review_slices", [])
+        if 0 <= row < len(slices):
+            self.actions["jump"](slices[row])

@@ -1,0 +1,291 @@
+"""The "MedSAM2" Segment Editor effect (Qt glue, thin).
+
+Mouse and keys become calls on ``Controller`` (controller.py, tested on slicer-core);
+its results reach the views through a timer that pumps the worker thread's callbacks.
+Box and points are drawn by a BoxPipeline per slice view (kept in RAS, re-positioned
+from processViewNodeEvents, removed in deactivate).
+"""
+
+import os
+
+import qt
+import slicer
+import vtk
+from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+from MedSAMSegmentLib import SlicerRuntime
+from MedSAMSegmentLib.BoxPipeline import BoxPipeline
+from MedSAMSegmentLib.controller import Controller, Settings
+from MedSAMSegmentLib.editor import ADD, EditorContext
+from MedSAMSegmentLib.OptionsPanel import OptionsPanel
+from MedSAMSegmentLib.panel_state import panel_state
+from MedSAMSegmentLib.source_volume import set_display_window
+
+MIN_DRAG_PIXELS = 4
+
+
+class EffectEditorContext(EditorContext):
+    """EditorContext backed by the Segment Editor's effect adaptor."""
+
+    def __init__(self, scriptedEffect: object) -> None:
+        self.effect = scriptedEffect
+
+    def scene(self) -> slicer.vtkMRMLScene:
+        return self.effect.scene()
+
+    def parameter_node(self) -> slicer.vtkMRMLSegmentEditorNode:
+        return self.effect.parameterSetNode()
+
+    def source_image(self) -> slicer.vtkOrientedImageData:
+        return self.effect.sourceVolumeImageData()
+
+    def save_state_for_undo(self) -> None:
+        self.effect.saveStateForUndo()
+
+    def modify_segment(self, segment_id: str, labelmap: slicer.vtkOrientedImageData,
+                       mode: str) -> None:
+        modes = slicer.qSlicerSegmentEditorAbstractEffect
+        self.effect.modifySegmentByLabelmap(
+            self.segmentation_node(), segment_id, labelmap,
+            modes.ModificationModeAdd if mode == ADD else modes.ModificationModeRemove)
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    """Box (or points) on one slice -> MedSAM2 mask -> propagate -> Apply."""
+
+    def __init__(self, scriptedEffect: object) -> None:
+        scriptedEffect.name = "MedSAM2"  # not translated: modules find effects by name
+        scriptedEffect.title = "MedSAM2"
+        scriptedEffect.perSegment = True
+        scriptedEffect.requireSegments = True
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+        self.pipelines = {}
+        self.drag = None  # (view widget, start xy) while a box is dragged
+        self.lastSliceWidget = None
+        self.controller = None
+        self.panel = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(50)
+        self.timer.connect("timeout()", self.onTimer)
+
+    def clone(self) -> object:
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        cloned = effects.qSlicerSegmentEditorScriptedEffect(None)
+        cloned.setPythonSource(__file__.replace("\\", "/"))
+        return cloned
+
+    def icon(self) -> qt.QIcon:
+        path = os.path.join(os.path.dirname(__file__), "SegmentEditorEffect.png")
+        return qt.QIcon(path) if os.path.exists(path) else qt.QIcon()
+
+    def helpText(self) -> str:
+        return ("<html>Segment a structure through the whole volume with MedSAM2.<p><ul>"
+                "<li><b>Left-drag</b> in a slice view: box around the structure; its mask "
+                "appears at once in the preview.</li>"
+                "<li><b>+ Point / − Point</b> mode, <b>left-click</b>: add or remove a region "
+                "on that slice.</li>"
+                "<li><b>Propagate</b>: segment the other slices; <b>Esc</b> cancels.</li>"
+                "<li>Correct any slice with a box or points (or Paint, then 'Use this slice of "
+                "the segment'), propagate again: only the changed range is recomputed.</li>"
+                "<li><b>Apply</b> (or <b>Enter</b>) writes the preview into the segment, "
+                "honouring masking and overwrite settings; Undo restores it.</li></ul>"
+                "Clicks with Shift, Ctrl or Alt are left to Slicer.</html>")
+
+    # ---- life cycle ----------------------------------------------------------------
+    def setupOptionsFrame(self) -> None:
+        self.panel = OptionsPanel(self.scriptedEffect, {
+            "from_segment": self.onFromSegment, "propagate": self.onPropagate,
+            "cancel": self.onCancel, "apply": self.onApply, "discard": self.onDiscard,
+            "jump": self.onJump, "modality": self.onModality, "preset": self.onPreset,
+            "use_window": self.onUseWindow, "opacity": self.onOpacity,
+            "settings": lambda: slicer.util.selectModule("MedSAMSegment")})
+
+    def activate(self) -> None:
+        self.ensureController()
+        self.timer.start()
+        self.updateGUIFromMRML()
+
+    def deactivate(self) -> None:
+        # Prompts, results and the preview stay: the user may Paint and come back.
+        for viewWidget, pipeline in self.pipelines.items():
+            for actor in pipeline.actors():
+                self.scriptedEffect.removeActor2D(viewWidget, actor)
+        self.pipelines = {}
+        self.drag = None
+        self.lastSliceWidget = None
+        if self.controller is None or not self.controller.busy:
+            self.timer.stop()
+
+    def cleanup(self) -> None:
+        self.timer.stop()
+        self.timer.disconnect("timeout()", self.onTimer)
+        if self.controller is not None:
+            self.controller.close()
+            self.controller = None
+
+    def setMRMLDefaults(self) -> None:
+        pass
+
+    def sourceVolumeNodeChanged(self) -> None:
+        self.updateGUIFromMRML()  # the controller notices the change before its next call
+
+    def referenceGeometryChanged(self) -> None:
+        self.updateGUIFromMRML()
+
+    def ensureController(self) -> Controller:
+        if self.controller is None:
+            self.controller = Controller(
+                EffectEditorContext(self.scriptedEffect), SlicerRuntime.runner(),
+                SlicerRuntime.backend_holder(), on_message=self.showMessage,
+                on_change=self.updateGUIFromMRML, log_file=SlicerRuntime.annotation_log(),
+                settings=Settings(modality=SlicerRuntime.settings().modality))
+        return self.controller
+
+    def onTimer(self) -> None:
+        if self.controller is not None:
+            self.controller.pump()
+            if not self.controller.busy and not self.scriptedEffect.active():
+                self.timer.stop()
+
+    # ---- views ---------------------------------------------------------------------
+    def processInteractionEvents(self, callerInteractor: vtk.vtkRenderWindowInteractor,
+                                 eventId: int, viewWidget: object) -> bool:
+        if viewWidget.className() != "qMRMLSliceWidget":
+            return False
+        if (callerInteractor.GetShiftKey() or callerInteractor.GetControlKey()
+                or callerInteractor.GetAltKey()):
+            return False  # modifier clicks belong to Slicer (pan, zoom, window/level)
+        controller = self.ensureController()
+        self.lastSliceWidget = viewWidget
+        pipeline = self.pipelineForWidget(viewWidget)
+        sliceNode = viewWidget.sliceLogic().GetSliceNode()
+        xy = callerInteractor.GetEventPosition()
+        mode = self.panel.mode if self.panel is not None else "box"
+        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+            confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
+            if confirmed in (self.scriptedEffect.NotConfirmed,
+                             self.scriptedEffect.ConfirmedWithDialog):
+                return True  # as Draw does: the dialog took the matching release event
+            if mode == "box":
+                self.drag = (viewWidget, (xy[0], xy[1]))
+                self.scriptedEffect.cursorOff(viewWidget)
+            else:
+                pipeline.add_point(xy, mode == "positive")
+                controller.prompt_point(sliceNode, (xy[0], xy[1]), mode == "positive")
+            self.render(viewWidget)
+            return True
+        if eventId == vtk.vtkCommand.MouseMoveEvent and self.drag is not None:
+            if self.drag[0] is viewWidget:
+                pipeline.set_box(self.drag[1], xy)
+                self.render(viewWidget)
+                return True
+        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent and self.drag is not None:
+            start, self.drag = self.drag[1], None
+            self.scriptedEffect.cursorOn(viewWidget)
+            if abs(xy[0] - start[0]) < MIN_DRAG_PIXELS or abs(xy[1] - start[1]) < MIN_DRAG_PIXELS:
+                pipeline.clear()
+                self.showMessage("Drag to draw a box around the structure.", "info")
+            else:
+                pipeline.set_box(start, xy)
+                controller.prompt_box(sliceNode, start, (xy[0], xy[1]))
+            self.render(viewWidget)
+            return True
+        if eventId == vtk.vtkCommand.KeyPressEvent:
+            key = callerInteractor.GetKeySym()
+            if key == "Escape" and (self.drag is not None or controller.propagating):
+                self.drag = None
+                pipeline.clear()
+                controller.cancel()
+                self.render(viewWidget)
+                return True
+            if key == "Return":
+                self.onApply(False)
+                return True
+        return False
+
+    def processViewNodeEvents(self, callerViewNode: object, eventId: int,
+                              viewWidget: object) -> None:
+        if callerViewNode and callerViewNode.IsA("vtkMRMLSliceNode"):
+            pipeline = self.pipelines.get(viewWidget)
+            if pipeline is not None:
+                pipeline.update()
+                self.render(viewWidget)
+
+    def pipelineForWidget(self, viewWidget: object) -> BoxPipeline:
+        pipeline = self.pipelines.get(viewWidget)
+        if pipeline is None:
+            pipeline = BoxPipeline(viewWidget.sliceLogic().GetSliceNode())
+            for actor in pipeline.actors():
+                self.scriptedEffect.addActor2D(viewWidget, actor)
+            self.pipelines[viewWidget] = pipeline
+        return pipeline
+
+    def render(self, viewWidget: object) -> None:
+        viewWidget.sliceView().scheduleRender()
+
+    # ---- buttons -------------------------------------------------------------------
+    def onFromSegment(self) -> None:
+        sliceWidget = self.activeSliceWidget()
+        if sliceWidget is None:
+            self.showMessage("Move the mouse over the slice view to use first.", "warning")
+            return
+        self.ensureController().prompt_segment_slice(sliceWidget.sliceLogic().GetSliceNode())
+
+    def onPropagate(self, allSegments: bool) -> None:
+        self.ensureController().propagate(all_segments=allSegments,
+                                          **self.panel.propagate_options())
+
+    def onCancel(self) -> None:
+        self.ensureController().cancel()
+
+    def onApply(self, allSegments: bool) -> None:
+        self.ensureController().apply(replace=self.panel.replace(), all_segments=allSegments)
+
+    def onDiscard(self) -> None:
+        self.ensureController().discard()
+        for pipeline in self.pipelines.values():
+            pipeline.clear()
+
+    def onJump(self, index: int) -> None:
+        layout = slicer.app.layoutManager()
+        nodes = [layout.sliceWidget(name).sliceLogic().GetSliceNode()
+                 for name in layout.sliceViewNames()]
+        if not self.ensureController().jump_to(nodes, index):
+            self.showMessage("No slice view shows this segment's slicing direction.", "info")
+
+    def onModality(self, value: str) -> None:
+        SlicerRuntime.update_settings(modality=value)
+        self.ensureController().settings.modality = value
+
+    def onPreset(self, level: float, width: float) -> None:
+        source = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        if source is not None:
+            set_display_window(source, level, width)
+
+    def onUseWindow(self) -> None:
+        self.ensureController().use_view_window()
+
+    def onOpacity(self, value: float) -> None:
+        controller = self.ensureController()
+        if controller.preview is not None:
+            controller.preview.set_opacity(value)
+
+    def activeSliceWidget(self) -> object:
+        """The slice view the user last worked in (Red before any)."""
+        if self.lastSliceWidget is not None:
+            return self.lastSliceWidget
+        return slicer.app.layoutManager().sliceWidget("Red")
+
+    # ---- GUI -----------------------------------------------------------------------
+    def showMessage(self, text: str, level: str) -> None:
+        if self.panel is not None:
+            self.panel.show_message(text, level)
+
+    def updateGUIFromMRML(self) -> None:
+        if self.panel is None:
+            return
+        self.panel.refresh(panel_state(self.controller, SlicerRuntime.backend_summary()))
+
+    def updateMRMLFromGUI(self) -> None:
+        pass

@@ -1,0 +1,91 @@
+"""Process-wide objects of the extension inside Slicer (Qt glue): settings, backend, threads.
+
+Every "MedSAM2" effect instance and the module's settings panel share one backend (one
+local worker per Slicer, or one remote server client) and one worker thread for
+model calls; the settings panel has its own worker thread for installs and downloads,
+so a long install never delays a prompt.
+"""
+
+from pathlib import Path
+
+import qt
+import slicer
+
+from MedSAMSegmentLib.annotation_log import AnnotationLog
+from MedSAMSegmentLib.settings import BackendHolder, Settings, SettingsStore, load, log_folder, save
+from MedSAMSegmentLib.tasks import TaskRunner
+
+_state = {}
+BACKEND_FIELDS = ("backend", "python", "checkpoint", "device", "server_url", "token", "log_dir")
+
+
+class QtSettingsStore(SettingsStore):
+    """Slicer's own settings file (QSettings), group MedSAMSegment/."""
+
+    def get(self, key: str) -> str | None:
+        value = qt.QSettings().value(key)
+        return None if value is None else str(value)
+
+    def set(self, key: str, value: str) -> None:
+        qt.QSettings().setValue(key, value)
+
+
+def settings() -> Settings:
+    return load(QtSettingsStore())
+
+
+def update_settings(**changes: str) -> Settings:
+    """Save changed settings; a change that affects the backend rebuilds it on next use."""
+    current = settings()
+    changed = {k for k, v in changes.items() if getattr(current, k) != v}
+    for key, value in changes.items():
+        setattr(current, key, value)
+    save(QtSettingsStore(), current)
+    if changed & set(BACKEND_FIELDS) and "holder" in _state:
+        _state["holder"].reset()
+    return current
+
+
+def default_log_dir() -> Path:
+    return Path(slicer.app.slicerUserSettingsFilePath).parent / "MedSAMSegment"
+
+
+def log_dir() -> Path:
+    return log_folder(settings(), default_log_dir())
+
+
+def runner() -> TaskRunner:
+    """The worker thread for model calls (shared by all effect instances)."""
+    if "runner" not in _state:
+        _state["runner"] = TaskRunner("MedSAM2 model calls")
+    return _state["runner"]
+
+
+def settings_runner() -> TaskRunner:
+    """The worker thread for installs, downloads and connection tests."""
+    if "settings_runner" not in _state:
+        _state["settings_runner"] = TaskRunner("MedSAM2 set-up")
+    return _state["settings_runner"]
+
+
+def backend_holder() -> BackendHolder:
+    if "holder" not in _state:
+        _state["holder"] = BackendHolder(settings, log_dir)
+    return _state["holder"]
+
+
+def annotation_log() -> AnnotationLog:
+    return AnnotationLog(log_dir() / "annotation-log.jsonl")
+
+
+def backend_summary() -> str:
+    """One line for the effect's panel: which backend, and whether it is set up."""
+    s = settings()
+    problems = s.validate()
+    if problems:
+        return "MedSAM2 is not set up: " + problems[0] + " (Server and model settings…)"
+    backend = backend_holder().peek()
+    if backend is not None:
+        return backend.describe()
+    return (f"remote server {s.server_url}" if s.backend == "remote"
+            else "local worker (starts with the first box)")

@@ -1,0 +1,117 @@
+"""Slicer self-test of the MedSAM2 effect: box -> preview -> propagate -> Apply -> Undo.
+
+Runs inside Slicer (CTest: slicer_add_python_unittest; or the module's "Reload and
+Test"). It uses the worker configured in the MedSAMSegment module; when none is set
+up but medsam-server is installed in the worker's Python, it makes a random-weight
+checkpoint of the exact architecture (the masks are then meaningless, the mechanics
+are not). Mouse events go through the effect's own processInteractionEvents.
+"""
+
+import os
+import subprocess
+import tempfile
+import time
+import unittest
+
+import numpy as np
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
+
+
+class MedSAMSegmentSelfTest(ScriptedLoadableModuleTest):
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_box_propagate_apply_undo()
+
+    # ---- helpers -------------------------------------------------------------------
+    def configureWorker(self) -> None:
+        from MedSAMSegmentLib import SlicerRuntime
+        from MedSAMSegmentLib.install import default_worker_python
+
+        s = SlicerRuntime.settings()
+        if s.backend == "remote" or not s.validate():
+            return
+        python = s.python or default_worker_python()
+        if not python:
+            raise unittest.SkipTest("no Python for the MedSAM2 worker: install it first")
+        checkpoint = s.checkpoint
+        if not checkpoint or not os.path.isfile(checkpoint):
+            checkpoint = os.path.join(tempfile.mkdtemp(), "medsam2_random.pt")
+            made = subprocess.run([python, "-m", "medsam_server.cli", "make-test-checkpoint",
+                                   checkpoint], capture_output=True, text=True)
+            if made.returncode != 0:
+                raise unittest.SkipTest("the MedSAM2 worker is not installed: "
+                                        + made.stderr.strip()[-300:])
+        SlicerRuntime.update_settings(python=python, checkpoint=checkpoint, device="cpu")
+
+    def waitIdle(self, controller: object, timeout: float = 600.0) -> None:
+        t0 = time.time()
+        while controller.busy and time.time() - t0 < timeout:
+            slicer.app.processEvents()  # the effect's timer pumps the results
+            time.sleep(0.02)
+        slicer.app.processEvents()
+        self.assertFalse(controller.busy, "MedSAM2 did not finish in time")
+
+    def mouse(self, effect: object, sliceWidget: object, event: int, xy: tuple) -> None:
+        interactor = sliceWidget.sliceView().interactor()
+        interactor.SetEventPosition(int(xy[0]), int(xy[1]))
+        effect.processInteractionEvents(interactor, event, sliceWidget)
+
+    # ---- the test ------------------------------------------------------------------
+    def test_box_propagate_apply_undo(self) -> None:
+        import SampleData
+
+        self.configureWorker()
+        volume = SampleData.SampleDataLogic().downloadCTChest()
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentId = segmentation.GetSegmentation().AddEmptySegment("heart")
+
+        editor = slicer.qMRMLSegmentEditorWidget()
+        editor.setMRMLScene(slicer.mrmlScene)
+        editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+        editor.setMRMLSegmentEditorNode(editorNode)
+        editor.setSegmentationNode(segmentation)
+        editor.setSourceVolumeNode(volume)
+        editorNode.SetSelectedSegmentID(segmentId)
+        editor.setActiveEffectByName("MedSAM2")
+        effect = editor.activeEffect().self()
+        controller = effect.ensureController()
+
+        layout = slicer.app.layoutManager()
+        layout.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
+        red = layout.sliceWidget("Red")
+        slicer.app.processEvents()
+        w, h = red.sliceView().width, red.sliceView().height
+        p0, p1 = (w * 0.4, h * 0.4), (w * 0.6, h * 0.6)
+        self.mouse(effect, red, vtk.vtkCommand.LeftButtonPressEvent, p0)
+        self.mouse(effect, red, vtk.vtkCommand.MouseMoveEvent, p1)
+        self.mouse(effect, red, vtk.vtkCommand.LeftButtonReleaseEvent, p1)
+        self.waitIdle(controller)
+        obj = controller.state.get(segmentId)
+        self.assertIsNotNone(obj, "the box made no MedSAM2 object")
+        key = next(iter(obj.prompted))
+        self.assertEqual(obj.pending, {key})
+
+        effect.onPropagate(False)
+        self.waitIdle(controller)
+        self.assertGreater(len(obj.pending), 1, "propagation added no slice")
+        covered = sorted(obj.pending)
+
+        effect.onApply(False)  # saves the editor's undo state, then writes
+        slicer.app.processEvents()
+        applied = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+        axis = "kji".index(obj.axis)
+        expected = np.take(obj.mask, covered, axis=axis)
+        self.assertTrue(np.array_equal(np.take(applied, covered, axis=axis) > 0, expected))
+
+        editor.undo()
+        slicer.app.processEvents()
+        undone = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+        self.assertEqual(int(np.count_nonzero(undone)), 0, "Undo did not restore the segment")
+        editor.setActiveEffectByName("")
