@@ -6,7 +6,9 @@ at start-up the way extension effects are.
 """
 
 import importlib.util
+import logging
 import os
+import sys
 import unittest
 
 import slicer
@@ -40,6 +42,11 @@ class MedSAMSegment(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", self.registerEditorEffect)
 
     def registerEditorEffect(self) -> None:
+        if sys.version_info < (3, 10):  # noqa: UP036 -- older Slicers run Python 3.9
+            logging.error("MedSAMSegment needs Slicer 5.10 or newer (Python >= 3.10); this "
+                          "Slicer has Python %d.%d. The MedSAM2 effect is not registered.",
+                          *sys.version_info[:2])
+            return
         # setPythonSource(".../MedSAMSegmentLib/SegmentEditorEffect.py") instantiates the
         # attribute "SegmentEditorEffect" of the module named after the folder: it must be
         # the class, not the submodule (Slicer's SegmentEditorEffects star-imports for this).

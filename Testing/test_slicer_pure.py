@@ -61,6 +61,18 @@ def test_review_queue_lists_least_confident_non_empty_slices_first():
     assert st.review_queue("nope") == []
 
 
+def test_differing_slices_counts_slices_not_voxels():
+    st = AnnotationState((5, 4, 4))
+    obj = st.object_for("S", "j")
+    st.apply_slice(obj, "j", 1, np.ones((5, 4), bool), 0.9, 1.0)
+    server = obj.mask.copy()
+    assert st.differing_slices({1: server}) == 0
+    server[0, 1, 0] = False
+    server[:, 3, :] = True
+    assert st.differing_slices({1: server}) == 2  # slices j=1 and j=3 along the object's axis
+    assert st.differing_slices({9: server}) == 0  # an object we do not have
+
+
 # ---------------------------------------------------------------- annotation log
 def test_log_lines_are_complete_json_records_without_image_data(tmp_path):
     log = AnnotationLog(tmp_path / "sub" / "log.jsonl")

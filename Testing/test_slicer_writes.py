@@ -163,3 +163,26 @@ def test_preview_is_a_separate_node_coloured_like_its_segment(ed):
     preview.clear()
     assert preview.node is None and app.scene.GetNodesByClass("vtkMRMLSegmentationNode") \
         .GetNumberOfItems() == 1
+
+
+def test_fingerprint_changes_with_voxels_geometry_and_transforms_only(ed):
+    from MedSAMSegmentLib.source_volume import display_window, fingerprint, set_display_window
+
+    app, ct, seg, node, logic, ctx, ref, a, b = ed
+    fp = fingerprint(ct, seg)
+    assert fingerprint(ct, seg) == fp
+    set_display_window(ct, 40.0, 400.0)  # the display is not the data
+    ct.SetName("renamed")
+    assert fingerprint(ct, seg) == fp
+    assert display_window(ct) == (40.0, 400.0)
+    slicer.util.arrayFromVolume(ct)[0, 0, 0] += 1
+    slicer.util.arrayFromVolumeModified(ct)
+    fp2 = fingerprint(ct, seg)
+    assert fp2 != fp and fp2.source_mtime > fp.source_mtime
+    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    seg.SetAndObserveTransformNodeID(transform.GetID())
+    fp3 = fingerprint(ct, seg)
+    assert fp3 != fp2 and fp3.transforms_mtime > 0
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(
+        app.volume_from_array(np.zeros((2, 3, 4), np.int16), np.eye(4), "other"))
+    assert fingerprint(ct, seg).geometry != fp3.geometry

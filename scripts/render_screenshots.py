@@ -26,16 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "MedSAMSegment"), str(REPO / "Testing")]
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
-import vtk  # noqa: E402
-from slicer_harness import make_scene  # noqa: E402
-
 import slicer  # noqa: E402
-from MedSAMSegmentLib.BoxPipeline import BoxPipeline  # noqa: E402
+import vtk  # noqa: E402
 from MedSAMSegmentLib.backend import LocalBackend  # noqa: E402
+from MedSAMSegmentLib.BoxPipeline import BoxPipeline  # noqa: E402
 from MedSAMSegmentLib.controller import Controller  # noqa: E402
 from MedSAMSegmentLib.editor import LogicEditorContext  # noqa: E402
 from MedSAMSegmentLib.tasks import TaskRunner  # noqa: E402
 from MedSAMSegmentLib.views import jump_views, slice_frame  # noqa: E402
+from slicer_harness import make_scene  # noqa: E402
 
 CT = REPO / "Resources" / "SampleData" / "example_ct_sm.nii.gz"
 KEY, LIVER = 14, (45, 27, 104, 85)
@@ -45,7 +44,8 @@ W, H = 400, 330
 class SliceRender:
     """One offscreen slice view: slice logic image + displayable managers + our actors."""
 
-    def __init__(self, app, slice_logic, slice_node, extra_actors=()) -> None:
+    def __init__(self, slice_logic: object, slice_node: object,
+                 extra_actors: tuple | list = ()) -> None:
         self.window = vtk.vtkRenderWindow()
         self.window.SetOffScreenRendering(1)
         self.window.SetSize(W, H)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         box.set_box(p0, p1)
         ctl.prompt_box(red, tuple(p0), tuple(p1))
         wait()
-        view = SliceRender(app, red_logic, red, box.actors())
+        view = SliceRender(red_logic, red, box.actors())
         view.caption(f"box on slice {KEY} -> MedSAM2 preview" + (f"\n{note}" if note else ""))
         save_png(view.grab(), args.out / "box.png")
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in (KEY - 6, KEY, KEY + 6):
             jump_views([red], image, "k", k)
             box.update()  # hidden off its slice, as in Slicer
-            view = SliceRender(app, red_logic, red, box.actors())
+            view = SliceRender(red_logic, red, box.actors())
             view.caption(f"slice {k}, propagated + applied" + (f"\n{note}" if note else ""))
             panels.append(view.grab())
         save_png(np.concatenate(panels, axis=1), args.out / "propagated.png")

@@ -293,8 +293,12 @@ class SettingsPanel:
 
     def onStart(self) -> None:
         holder = SlicerRuntime.backend_holder()
-        self.submit("Start worker", lambda task: (holder().client(), holder().describe())[1],
-                    lambda text: self.workerLabel.setText(text))
+
+        def work(task: Task) -> str:
+            report = holder().test_connection()  # starts the worker, then asks it /info
+            return f"{report.summary()}\n{holder().describe()}"
+
+        self.submit("Start worker", work, lambda text: self.workerLabel.setText(text))
 
     def onStop(self) -> None:
         SlicerRuntime.backend_holder().reset()

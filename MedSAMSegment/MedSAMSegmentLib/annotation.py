@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import slice_region
+from .geometry import AXES, slice_region
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,17 @@ class AnnotationState:
 
     def discard_pending(self, obj: ObjectState) -> None:
         obj.pending.clear()
+
+    def differing_slices(self, masks: dict[int, np.ndarray]) -> int:
+        """How many slices of the objects differ from ``masks`` (object id -> volume)."""
+        differing = 0
+        for object_id, mask in masks.items():
+            obj = self.by_object_id(object_id)
+            if obj is None or obj.axis is None or mask.shape != obj.mask.shape:
+                continue
+            axes = tuple(a for a in range(3) if a != AXES.index(obj.axis))
+            differing += int(np.count_nonzero(np.any(mask != obj.mask, axis=axes)))
+        return differing
 
     # ---- review --------------------------------------------------------------------
     def review_queue(self, segment_id: str, limit: int = 10) -> list[ReviewItem]:

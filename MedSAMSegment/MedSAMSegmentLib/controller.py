@@ -27,12 +27,13 @@ from .geometry import GeometryError, SliceFrame, box_on_slice, point_on_slice, t
 from .labelmaps import segment_array
 from .preview import Preview
 from .server_session import PromptOp, PropagateOp, ServerSession, VolumeUpload
-from .source_volume import Fingerprint, display_window, fingerprint, guess_modality, image_to_numpy
+from .source_volume import Fingerprint, capture, display_window, fingerprint
 from .tasks import Task, TaskRunner
 from .views import jump_views, slice_frame
 
 log = logging.getLogger(__name__)
 Message = Callable[[str, str], None]  # (text, level: "info" | "warning" | "error")
+REDRAW_INTERVAL_S = 0.5
 
 
 class UserError(Exception):
@@ -74,6 +75,7 @@ class Controller:
         self.progress: tuple[int, int] | None = None  # (done, total) while propagating
         self._propagation: Task | None = None
         self._dirty: set[str] = set()  # segments whose preview needs redrawing
+        self._drawn_at = 0.0
 
     # ---- status --------------------------------------------------------------------
     @property
@@ -88,9 +90,18 @@ class Controller:
         return self.state.get(segment_id) if self.state is not None and segment_id else None
 
     def pump(self) -> int:
-        """Apply what the worker sent back, redraw changed previews (main thread, timer)."""
+        """Apply what the worker sent back, redraw changed previews (main thread, timer).
+
+        While a propagation streams in, previews are redrawn at most every
+        ``REDRAW_INTERVAL_S`` (a redraw copies the object's whole pending result), so a
+        fast GPU server cannot make the GUI stutter; the last slices are drawn at the end.
+        """
         n = self.runner.drain()
+        now = time.monotonic()
+        if self.propagating and now - self._drawn_at < REDRAW_INTERVAL_S:
+            return n
         if self._dirty and self.state is not None and self.volume is not None:
+            self._drawn_at = now
             for segment_id in sorted(self._dirty):
                 obj = self.state.get(segment_id)
                 if obj is not None:
@@ -379,29 +390,28 @@ class Controller:
         fp = fingerprint(source, seg)
         if self.volume is not None and fp == self.volume.fingerprint:
             return segment_id
+        if self.volume is not None and self.ctx.scene().GetNodeByID(
+                self.volume.fingerprint.segmentation_id) is None:
+            # the segmentation the results were for is gone (deleted, scene closed): they
+            # cannot be applied anywhere any more
+            self.on_message("The segmentation the MedSAM2 results were made for was removed; "
+                            "they were discarded.", "info")
+            self.close()
         if self.state is not None and self.state.has_pending():
             raise UserError("the source volume, the segmentation or its geometry changed since "
                             "the MedSAM2 results were made: Apply or Discard them first")
         image = self.ctx.source_image()
         if image is None:
             raise UserError("the Segment Editor has no source image yet; select a source volume")
-        array = image_to_numpy(image)
-        modality = self.settings.modality
-        if modality == "auto":
-            modality = guess_modality(array)
-        window = display_window(source) if modality == "ct" else None
-        reference = slicer.vtkOrientedImageData()
-        reference.CopyStructure(image)
-        reference.CopyDirections(image)
-        upload = VolumeUpload(array, tuple(float(v) for v in image.GetSpacing()), modality,
-                              window, source.GetName())
+        upload, reference = capture(image, source, self.settings.modality)
         if self.session is not None:
             old = self.session
             self.runner.submit(Task("close old session", lambda task: old.close()))
         if self.preview is not None:
             self.preview.clear()
-        self.volume = VolumeContext(fp, reference, array.shape, upload, source.GetName())
-        self.state = AnnotationState(array.shape)
+        shape = upload.array.shape
+        self.volume = VolumeContext(fp, reference, shape, upload, source.GetName())
+        self.state = AnnotationState(shape)
         self.preview = Preview(self.ctx.scene(), seg)
         self.session = ServerSession(self.backend, upload, stall_timeout=self.settings.stall_timeout_s,
                                      notify=lambda text: self.runner.post(self.on_message, text,
@@ -428,12 +438,7 @@ class Controller:
     def _handle_replay(self, replay: object) -> None:
         if replay is None or self.state is None:
             return
-        differing = 0
-        for object_id, mask in replay.masks.items():
-            obj = self.state.by_object_id(object_id)
-            if obj is not None and obj.axis is not None and mask.shape == obj.mask.shape:
-                axes = tuple(a for a in range(3) if a != "kji".index(obj.axis))
-                differing += int(np.count_nonzero(np.any(mask != obj.mask, axis=axes)))
+        differing = self.state.differing_slices(replay.masks)
         for obj in self.state.objects():
             self._log("replay", obj, prompts=replay.prompts, propagations=replay.propagations,
                       differing_slices=differing)

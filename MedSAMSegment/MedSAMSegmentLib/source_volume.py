@@ -15,6 +15,7 @@ import numpy as np
 import slicer
 from vtk.util import numpy_support
 
+from .server_session import VolumeUpload
 from .views import array_shape
 
 # MedSAM2 was trained on CT clipped to a window (default soft tissue, level 40 / width
@@ -86,3 +87,22 @@ def set_display_window(source_node: slicer.vtkMRMLScalarVolumeNode, level: float
 def guess_modality(array: np.ndarray) -> str:
     """CT has air at about -1000 HU; MR intensities are not negative."""
     return "ct" if array.size and float(array.min()) < -200.0 else "mr"
+
+
+def capture(image: slicer.vtkOrientedImageData, source_node: slicer.vtkMRMLScalarVolumeNode,
+            modality: str = "auto") -> tuple[VolumeUpload, slicer.vtkOrientedImageData]:
+    """What the server gets (voxels, spacing, CT window), and the grid (no voxels) masks use.
+
+    ``modality`` "auto" guesses CT or MR from the voxels; CT is read through the window
+    the view shows, MR is normalised by the server.
+    """
+    array = image_to_numpy(image)
+    if modality == "auto":
+        modality = guess_modality(array)
+    window = display_window(source_node) if modality == "ct" else None
+    reference = slicer.vtkOrientedImageData()
+    reference.CopyStructure(image)
+    reference.CopyDirections(image)
+    upload = VolumeUpload(array, tuple(float(v) for v in image.GetSpacing()), modality, window,
+                          source_node.GetName())
+    return upload, reference
