@@ -285,3 +285,24 @@ def test_9_bad_input_is_a_message_and_changes_nothing(h):
     for seg_id, mask in before.items():
         assert np.array_equal(h.ctl.state.get(seg_id).mask, mask)
     assert not h.runner.busy
+
+
+def test_10_a_new_view_window_or_modality_resends_lazily(h):
+    from MedSAMSegmentLib.source_volume import set_display_window
+
+    up = h.ctl.volume.upload
+    n = len(h.messages)
+    h.ctl.use_view_window()  # the view's window has not changed: nothing to do
+    assert h.ctl.volume.upload is up and len(h.messages) == n
+    set_display_window(h.ct, -600.0, 1500.0)
+    h.ctl.use_view_window()
+    h.wait()
+    assert h.ctl.volume.upload.window == (-600.0, 1500.0)
+    assert h.ctl.session.volume.window == (-600.0, 1500.0)
+    assert h.ctl.session.handle is None  # closed now, re-sent and replayed at the next call
+    assert "level -600 / width 1500" in h.last("info")
+    h.ctl.use_view_window(modality="mr")
+    h.wait()
+    assert h.ctl.session.volume.modality == "mr" and h.ctl.session.volume.window is None
+    assert "MR, normalised" in h.last("info")
+    assert h.ctl.state.get(h.liver).mask.any()  # results are kept

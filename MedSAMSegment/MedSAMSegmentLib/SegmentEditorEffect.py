@@ -256,7 +256,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def onModality(self, value: str) -> None:
         SlicerRuntime.update_settings(modality=value)
-        self.ensureController().settings.modality = value
+        self.ensureController().use_view_window(modality=value)
 
     def onPreset(self, level: float, width: float) -> None:
         source = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()

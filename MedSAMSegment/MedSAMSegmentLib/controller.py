@@ -356,18 +356,26 @@ class Controller:
         return jump_views(slice_nodes, self.volume.reference, obj.axis, index, self._transform())
 
     # ---- session and volume --------------------------------------------------------
-    def use_view_window(self) -> None:
-        """Send the volume again with the CT window the view shows now (prompts replayed)."""
-        if self.volume is None or self.volume.upload.modality != "ct":
-            return
-        window = display_window(self.ctx.source_volume_node())
+    def use_view_window(self, modality: str | None = None) -> None:
+        """Send the volume again as ``modality`` (default: as now) with the CT window the view
+        shows now; the server session is rebuilt by replay, earlier results are kept."""
+        if modality is not None:
+            self.settings.modality = modality
+        if self.volume is None:
+            return  # the next box captures the volume with these settings
         up = self.volume.upload
-        self.volume.upload = VolumeUpload(up.array, up.spacing, up.modality, window, up.name)
+        modality = up.modality if modality in (None, "auto") else modality
+        window = display_window(self.ctx.source_volume_node()) if modality == "ct" else None
+        if (modality, window) == (up.modality, up.window):
+            return
+        self.volume.upload = VolumeUpload(up.array, up.spacing, modality, window, up.name)
         session, upload = self.session, self.volume.upload
-        self.runner.submit(Task("new window", lambda task: session.replace_volume(upload),
+        self.runner.submit(Task("new intensity", lambda task: session.replace_volume(upload),
                                 on_error=self._error))
-        self.on_message(f"MedSAM2 now uses window level {window[0]:g} / width {window[1]:g}; "
-                        "new prompts see it (earlier results are kept).", "info")
+        seen = (f"CT through window level {window[0]:g} / width {window[1]:g}"
+                if modality == "ct" else "MR, normalised")
+        self.on_message(f"MedSAM2 now sees the volume as {seen}; new prompts and propagations "
+                        "use it (earlier results are kept).", "info")
 
     def close(self) -> None:
         """The effect goes away: stop work, free the server session, remove the preview."""
