@@ -11,6 +11,7 @@ import os
 import sys
 import unittest
 
+import qt
 import slicer
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -40,6 +41,12 @@ class MedSAMSegment(ScriptedLoadableModule):
             "worker on this computer, or a team's server) and the model weights.")
         parent.acknowledgementText = LICENCES
         slicer.app.connect("startupCompleted()", self.registerEditorEffect)
+        # Loaded after start-up (Extension Wizard): startupCompleted() has been emitted
+        # already, so register as soon as this module is set up. A second registration of the
+        # same effect name is refused by the effect factory, so both paths are safe.
+        mainWindow = slicer.util.mainWindow()
+        if mainWindow is not None and mainWindow.isVisible():
+            qt.QTimer.singleShot(0, self.registerEditorEffect)
 
     def registerEditorEffect(self) -> None:
         if sys.version_info < (3, 10):  # noqa: UP036 -- older Slicers run Python 3.9

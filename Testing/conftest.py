@@ -53,3 +53,12 @@ def ct_u8() -> np.ndarray:
 def liver_box() -> tuple[int, tuple[int, int, int, int]]:
     """Key slice 14 and the reference liver's box there, (x0, y0, x1, y1) in voxels."""
     return 14, (45, 27, 104, 85)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_slicer_scenes():
+    """Slicer scenes are taken apart in order at the end (see slicer_harness.Scene.close)."""
+    yield
+    harness = sys.modules.get("slicer_harness")
+    if harness is not None:
+        harness.close_all()

@@ -90,6 +90,34 @@ class Scene:
         seg_id = segmentation.GetSegmentation().AddEmptySegment(name, name, list(color))
         return seg_id
 
+    def close(self) -> None:
+        """Take the scene apart in the order Slicer does, before Python frees the objects.
+
+        Left to the garbage collector, the colour logic can be freed first; its destructor
+        removes nodes from the scene, whose events then reach slice logics being freed
+        (a segfault at interpreter exit, seen here). Detaching every logic first avoids it.
+        """
+        if self.scene is None:
+            return
+        for sl in self.slice_logics.values():
+            sl.SetMRMLScene(None)
+        self.app_logic.GetSliceLogics().RemoveAllItems()
+        for lg in self.logics.values():
+            lg.SetMRMLScene(None)
+        self.app_logic.SetMRMLScene(None)
+        self.scene.Clear(1)
+        self.slice_logics.clear()
+        self.logics.clear()
+        self.scene = None
+
+
+_OPEN: list[Scene] = []  # closed at the end of the session (conftest) or by their fixture
+
+
+def close_all() -> None:
+    while _OPEN:
+        _OPEN.pop().close()
+
 
 def make_scene() -> Scene:
     scene = slicer.vtkMRMLScene()
@@ -109,7 +137,9 @@ def make_scene() -> Scene:
         app_logic.SetModuleLogic(name, lg)
         logics[name] = lg
     slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
-    return Scene(scene, app_logic, logics)
+    made = Scene(scene, app_logic, logics)
+    _OPEN.append(made)
+    return made
 
 
 def segment_mask(segmentation, segment_id: str, reference_image) -> np.ndarray:

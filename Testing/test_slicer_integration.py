@@ -280,11 +280,40 @@ def test_9_bad_input_is_a_message_and_changes_nothing(h):
     slicer.util.arrayFromVolume(h.ct)[0, 0, 0] += 1
     slicer.util.arrayFromVolumeModified(h.ct)
     assert not h.ctl.prompt_box(h.red, *h.drag(14, LIVER))
-    assert "changed" in h.last("warning") and "Apply or Discard" in h.last("warning")
-    assert len(h.messages) == n + 5
+    assert "changed" in h.last("warning") and "Discard them first" in h.last("warning")
+    # and Apply refuses to write results made for the volume as it was
+    assert h.ctl.apply() == 0
+    assert "cannot be applied here" in h.last("error")
+    assert len(h.messages) == n + 6
     for seg_id, mask in before.items():
         assert np.array_equal(h.ctl.state.get(seg_id).mask, mask)
     assert not h.runner.busy
+
+
+def test_9b_a_closed_scene_drops_results_that_can_no_longer_be_applied(h, tmp_path):
+    """A second, short-lived editor on its own scene: closing the scene discards its results."""
+    app = slicer_harness.make_scene()
+    ct = app.load_volume(shared(CT), "ct2")
+    seg, node, logic = app.editor(ct)
+    node.SetSelectedSegmentID(app.add_segment(seg, "x"))
+    red, _ = app.slice_view("Red2", "Axial", ct)
+    messages = []
+    ctl = Controller(LogicEditorContext(logic), h.runner, lambda: h.backend,
+                     on_message=lambda text, level: messages.append(text))
+    inv = np.linalg.inv(slice_frame(red, ctl.ctx.source_image()).xy_to_array)
+    k = slice_frame(red, ctl.ctx.source_image()).index
+    p0, p1 = tuple((inv @ [45, 27, k, 1])[:2]), tuple((inv @ [104, 85, k, 1])[:2])
+    assert ctl.prompt_box(red, p0, p1)
+    while h.runner.busy:
+        ctl.pump()
+        time.sleep(0.02)
+    ctl.pump()
+    assert ctl.state.has_pending() and ctl.preview.node is not None
+    app.scene.Clear(0)
+    ctl.pump()
+    assert ctl.state is None and ctl.volume is None
+    assert "were discarded" in messages[-1]
+    assert app.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
 
 
 def test_10_a_new_view_window_or_modality_resends_lazily(h):

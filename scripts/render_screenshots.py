@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         ctl.close()
         backend.close()
         runner.shutdown()
+        app.close()
     print("\n".join(messages))
     print(f"wrote {args.out / 'box.png'} and {args.out / 'propagated.png'}")
     return 0

@@ -20,7 +20,8 @@ DIRECTIONS = (("Both directions", "both"), ("Increasing slice numbers", "forward
 
 
 class OptionsPanel:
-    def __init__(self, scriptedEffect: object, actions: dict[str, Callable]) -> None:
+    def __init__(self, scriptedEffect: object, actions: dict[str, Callable],
+                 modality: str = "auto") -> None:
         self.actions = actions
         self.mode = "box"
         effect = scriptedEffect
@@ -91,7 +92,7 @@ class OptionsPanel:
         self.propagate_all = qt.QPushButton("Propagate all segments")
         self.propagate_all.connect("clicked()", lambda: actions["propagate"](True))
         self.cancel = qt.QPushButton("Cancel")
-        self.cancel.toolTip = "Stop the propagation; slices done so far stay in the preview (Esc)"
+        self.cancel.toolTip = "Stop the propagation within a slice; slices done stay in the preview"
         self.cancel.connect("clicked()", actions["cancel"])
         for b in (self.propagate, self.propagate_all, self.cancel):
             buttons.addWidget(b)
@@ -128,6 +129,7 @@ class OptionsPanel:
         for text, value in (("Automatic (CT if air is present)", "auto"),
                             ("CT: the view's window/level", "ct"), ("MR: normalised", "mr")):
             self.modality.addItem(text, value)
+        self.modality.setCurrentIndex(max(self.modality.findData(modality), 0))  # saved choice
         self.modality.connect("currentIndexChanged(int)",
                               lambda i: actions["modality"](self.modality.itemData(i)))
         iform.addRow("Model input:", self.modality)

@@ -64,9 +64,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.lastSliceWidget = None
         self.controller = None
         self.panel = None
-        self.timer = qt.QTimer()
-        self.timer.setInterval(50)
-        self.timer.connect("timeout()", self.onTimer)
+        self.timer = None  # made on first activation (the registered prototype never is)
+        self.shownSegment = None
 
     def clone(self) -> object:
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -85,7 +84,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 "appears at once in the preview.</li>"
                 "<li><b>+ Point / − Point</b> mode, <b>left-click</b>: add or remove a region "
                 "on that slice.</li>"
-                "<li><b>Propagate</b>: segment the other slices; <b>Esc</b> cancels.</li>"
+                "<li><b>Propagate</b>: segment the other slices; <b>Cancel</b> stops it within a "
+                "slice.</li>"
                 "<li>Correct any slice with a box or points (or Paint, then 'Use this slice of "
                 "the segment'), propagate again: only the changed range is recomputed.</li>"
                 "<li><b>Apply</b> (or <b>Enter</b>) writes the preview into the segment, "
@@ -99,27 +99,35 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "cancel": self.onCancel, "apply": self.onApply, "discard": self.onDiscard,
             "jump": self.onJump, "modality": self.onModality, "preset": self.onPreset,
             "use_window": self.onUseWindow, "opacity": self.onOpacity,
-            "settings": lambda: slicer.util.selectModule("MedSAMSegment")})
+            "settings": lambda: slicer.util.selectModule("MedSAMSegment")},
+            modality=SlicerRuntime.settings().modality)
 
     def activate(self) -> None:
         self.ensureController()
+        if self.timer is None:
+            self.timer = qt.QTimer()
+            self.timer.setInterval(50)
+            self.timer.connect("timeout()", self.onTimer)
         self.timer.start()
         self.updateGUIFromMRML()
 
     def deactivate(self) -> None:
-        # Prompts, results and the preview stay: the user may Paint and come back.
+        # Prompts, results and the preview stay: the user may Paint and come back. A running
+        # propagation goes on streaming into the preview (the timer runs until it ends).
         for viewWidget, pipeline in self.pipelines.items():
             for actor in pipeline.actors():
                 self.scriptedEffect.removeActor2D(viewWidget, actor)
         self.pipelines = {}
-        self.drag = None
-        self.lastSliceWidget = None
-        if self.controller is None or not self.controller.busy:
+        if self.drag is not None:
+            self.scriptedEffect.cursorOn(self.drag[0])
+            self.drag = None
+        if self.timer is not None and (self.controller is None or not self.controller.busy):
             self.timer.stop()
 
     def cleanup(self) -> None:
-        self.timer.stop()
-        self.timer.disconnect("timeout()", self.onTimer)
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer.disconnect("timeout()", self.onTimer)
         if self.controller is not None:
             self.controller.close()
             self.controller = None
@@ -143,66 +151,77 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return self.controller
 
     def onTimer(self) -> None:
-        if self.controller is not None:
-            self.controller.pump()
-            if not self.controller.busy and not self.scriptedEffect.active():
-                self.timer.stop()
+        if self.controller is None:
+            return
+        self.controller.pump()
+        # selecting another segment does not notify effects: follow it here
+        node = self.scriptedEffect.parameterSetNode()
+        selected = node.GetSelectedSegmentID() if node is not None else None
+        if selected != self.shownSegment:
+            self.updateGUIFromMRML()
+        if not self.controller.busy and not self.scriptedEffect.active():
+            self.timer.stop()
 
     # ---- views ---------------------------------------------------------------------
     def processInteractionEvents(self, callerInteractor: vtk.vtkRenderWindowInteractor,
                                  eventId: int, viewWidget: object) -> bool:
         if viewWidget.className() != "qMRMLSliceWidget":
             return False
+        xy = callerInteractor.GetEventPosition()
+        if self.drag is not None and self.drag[0] is viewWidget:
+            # a drag in progress is finished whatever modifier is pressed meanwhile
+            if eventId == vtk.vtkCommand.MouseMoveEvent:
+                self.pipelineForWidget(viewWidget).set_box(self.drag[1], xy)
+                self.render(viewWidget)
+                return True
+            if eventId == vtk.vtkCommand.LeftButtonReleaseEvent:
+                self.finishBox(viewWidget, xy)
+                return True
         if (callerInteractor.GetShiftKey() or callerInteractor.GetControlKey()
                 or callerInteractor.GetAltKey()):
             return False  # modifier clicks belong to Slicer (pan, zoom, window/level)
-        controller = self.ensureController()
-        self.lastSliceWidget = viewWidget
-        pipeline = self.pipelineForWidget(viewWidget)
-        sliceNode = viewWidget.sliceLogic().GetSliceNode()
-        xy = callerInteractor.GetEventPosition()
-        mode = self.panel.mode if self.panel is not None else "box"
         if eventId == vtk.vtkCommand.LeftButtonPressEvent:
             confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
             if confirmed in (self.scriptedEffect.NotConfirmed,
                              self.scriptedEffect.ConfirmedWithDialog):
                 return True  # as Draw does: the dialog took the matching release event
+            self.lastSliceWidget = viewWidget
+            mode = self.panel.mode if self.panel is not None else "box"
             if mode == "box":
                 self.drag = (viewWidget, (xy[0], xy[1]))
                 self.scriptedEffect.cursorOff(viewWidget)
             else:
-                pipeline.add_point(xy, mode == "positive")
-                controller.prompt_point(sliceNode, (xy[0], xy[1]), mode == "positive")
-            self.render(viewWidget)
-            return True
-        if eventId == vtk.vtkCommand.MouseMoveEvent and self.drag is not None:
-            if self.drag[0] is viewWidget:
-                pipeline.set_box(self.drag[1], xy)
+                positive = mode == "positive"
+                pipeline = self.pipelineForWidget(viewWidget)
+                pipeline.add_point(xy, positive)
+                sliceNode = viewWidget.sliceLogic().GetSliceNode()
+                if not self.ensureController().prompt_point(sliceNode, (xy[0], xy[1]), positive):
+                    pipeline.clear()  # refused (message shown): don't leave a mark
                 self.render(viewWidget)
-                return True
-        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent and self.drag is not None:
-            start, self.drag = self.drag[1], None
-            self.scriptedEffect.cursorOn(viewWidget)
-            if abs(xy[0] - start[0]) < MIN_DRAG_PIXELS or abs(xy[1] - start[1]) < MIN_DRAG_PIXELS:
-                pipeline.clear()
-                self.showMessage("Drag to draw a box around the structure.", "info")
-            else:
-                pipeline.set_box(start, xy)
-                controller.prompt_box(sliceNode, start, (xy[0], xy[1]))
-            self.render(viewWidget)
             return True
-        if eventId == vtk.vtkCommand.KeyPressEvent:
-            key = callerInteractor.GetKeySym()
-            if key == "Escape" and (self.drag is not None or controller.propagating):
-                self.drag = None
-                pipeline.clear()
-                controller.cancel()
-                self.render(viewWidget)
-                return True
-            if key == "Return":
+        if eventId == vtk.vtkCommand.KeyPressEvent and callerInteractor.GetKeySym() == "Return":
+            # like Draw: Enter applies, when there is something to apply
+            controller = self.ensureController()
+            node = self.scriptedEffect.parameterSetNode()
+            obj = controller.object_of(node.GetSelectedSegmentID() if node else None)
+            if obj is not None and obj.pending and not controller.propagating:
                 self.onApply(False)
                 return True
         return False
+
+    def finishBox(self, viewWidget: object, xy: tuple) -> None:
+        start, self.drag = self.drag[1], None
+        self.scriptedEffect.cursorOn(viewWidget)
+        pipeline = self.pipelineForWidget(viewWidget)
+        if abs(xy[0] - start[0]) < MIN_DRAG_PIXELS or abs(xy[1] - start[1]) < MIN_DRAG_PIXELS:
+            pipeline.clear()
+            self.showMessage("Drag to draw a box around the structure.", "info")
+        else:
+            pipeline.set_box(start, xy)
+            sliceNode = viewWidget.sliceLogic().GetSliceNode()
+            if not self.ensureController().prompt_box(sliceNode, start, (xy[0], xy[1])):
+                pipeline.clear()  # refused (message shown): don't leave a box
+        self.render(viewWidget)
 
     def processViewNodeEvents(self, callerViewNode: object, eventId: int,
                               viewWidget: object) -> None:
@@ -260,8 +279,16 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def onPreset(self, level: float, width: float) -> None:
         source = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
-        if source is not None:
+        if source is None:
+            self.showMessage("Select a source volume first.", "warning")
+            return
+        try:
             set_display_window(source, level, width)
+        except ValueError as exc:
+            self.showMessage(str(exc), "warning")
+            return
+        self.showMessage(f"The view shows level {level:g} / width {width:g}; click 'Use view "
+                         "window' for MedSAM2 to see it too.", "info")
 
     def onUseWindow(self) -> None:
         self.ensureController().use_view_window()
@@ -285,6 +312,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def updateGUIFromMRML(self) -> None:
         if self.panel is None:
             return
+        node = self.scriptedEffect.parameterSetNode()
+        self.shownSegment = node.GetSelectedSegmentID() if node is not None else None
         self.panel.refresh(panel_state(self.controller, SlicerRuntime.backend_summary()))
 
     def updateMRMLFromGUI(self) -> None:

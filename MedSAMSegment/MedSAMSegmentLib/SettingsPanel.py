@@ -15,6 +15,7 @@ import slicer
 from MedSAMSegmentLib import SlicerRuntime
 from MedSAMSegmentLib.install import (
     InstallCancelled,
+    InstallError,
     InstallRunner,
     bundled_server_version,
     default_worker_python,
@@ -73,7 +74,12 @@ class SettingsPanel:
         self.python.currentPath = s.python or (default_worker_python() or "")
         self.python.toolTip = ("Python interpreter the worker runs in: Slicer's own PythonSlicer "
                                "(default), or an existing environment that has medsam-server")
-        self.python.connect("currentPathChanged(QString)", self.onPythonChanged)
+        # currentPathChanged fires on every keystroke: save once typing pauses
+        self.pathTimer = qt.QTimer()
+        self.pathTimer.setSingleShot(True)
+        self.pathTimer.setInterval(1000)
+        self.pathTimer.connect("timeout()", self.savePaths)
+        self.python.connect("currentPathChanged(QString)", lambda path: self.pathTimer.start())
         wform.addRow("Python:", self.python)
         self.torch = qt.QLineEdit("auto")
         self.torch.toolTip = ("auto: light-the-torch picks the CUDA or CPU build of PyTorch that "
@@ -123,7 +129,8 @@ class SettingsPanel:
         self.checkpoint.filters = ctk.ctkPathLineEdit.Files
         self.checkpoint.nameFilters = ["PyTorch checkpoint (*.pt *.pth)"]
         self.checkpoint.currentPath = s.checkpoint
-        self.checkpoint.connect("currentPathChanged(QString)", self.onCheckpointChanged)
+        self.checkpoint.connect("currentPathChanged(QString)",
+                                lambda path: self.pathTimer.start())
         cform.addRow("Checkpoint:", self.checkpoint)
         self.downloadButton = qt.QPushButton(f"Download {RELEASE} (156 MB, CC-BY-SA-4.0)")
         self.downloadButton.connect("clicked()", self.onDownload)
@@ -138,6 +145,9 @@ class SettingsPanel:
 
     # ---- helpers -------------------------------------------------------------------
     def cleanup(self) -> None:
+        if self.pathTimer.isActive():
+            self.pathTimer.stop()
+            self.savePaths()
         self.timer.stop()
         self.timer.disconnect("timeout()", self.onTimer)
 
@@ -149,9 +159,9 @@ class SettingsPanel:
         self.status.text = text
 
     def busy(self, on: bool, cancellable: bool = False) -> None:
-        for b in (self.installButton, self.checkButton, self.downloadButton, self.startButton,
-                  self.testButton):
+        for b in (self.installButton, self.checkButton, self.downloadButton, self.startButton):
             b.enabled = not on
+        self.testButton.enabled = not on and self.remote.checked
         self.cancelButton.enabled = on and cancellable
         self.progress.visible = on
 
@@ -185,19 +195,21 @@ class SettingsPanel:
     def saveRemote(self) -> None:
         SlicerRuntime.update_settings(server_url=self.url.text.strip(), token=self.token.text)
 
-    def onPythonChanged(self, path: str) -> None:
-        SlicerRuntime.update_settings(python=path)
+    def savePaths(self) -> None:
+        SlicerRuntime.update_settings(python=self.python.currentPath,
+                                      checkpoint=self.checkpoint.currentPath)
 
     def onDeviceChanged(self, index: int) -> None:
         SlicerRuntime.update_settings(device=self.device.itemText(index))
 
-    def onCheckpointChanged(self, path: str) -> None:
-        SlicerRuntime.update_settings(checkpoint=path)
-
     # ---- actions -------------------------------------------------------------------
     def onCheck(self) -> None:
         python = self.python.currentPath
-        version = bundled_server_version()
+        try:
+            version = bundled_server_version()
+        except InstallError as exc:
+            self.say(str(exc), error=True)
+            return
         self.submit("Check", lambda task: inspect_python(python, expected_version=version),
                     lambda info: self.say(info.message, error=not info.ok))
 
@@ -207,14 +219,20 @@ class SettingsPanel:
             self.say("Choose the Python interpreter for the worker first.", error=True)
             return
         SlicerRuntime.update_settings(python=python)
-        steps = plan_install(python, torch=self.torch.text.strip() or "auto",
-                             work_dir=self.workDir())
+        work_dir = self.workDir()
+        try:
+            steps = plan_install(python, torch=self.torch.text.strip() or "auto",
+                                 work_dir=work_dir)
+        except InstallError as exc:
+            self.say(str(exc), error=True)
+            return
         log_path = SlicerRuntime.log_dir() / "install.log"
+        state_path = work_dir / "state.json"
 
         def work(task: Task) -> None:
             def progress(p: object) -> None:
                 task.post(self.onInstallProgress, p.step_index, p.step_count, p.title, p.line)
-            InstallRunner(steps, log_path=log_path, state_path=self.workDir() / "state.json",
+            InstallRunner(steps, log_path=log_path, state_path=state_path,
                           on_progress=progress, cancel=task.cancel_event).run()
 
         def done(_: object) -> None:

@@ -31,7 +31,18 @@ class QtSettingsStore(SettingsStore):
 
 
 def settings() -> Settings:
-    return load(QtSettingsStore())
+    """The settings as saved (main thread: reads QSettings)."""
+    current = load(QtSettingsStore())
+    _state["snapshot"] = (current, log_folder(current, default_log_dir()))
+    return current
+
+
+def snapshot() -> tuple[Settings, Path]:
+    """The settings and log folder as last read on the main thread (safe on any thread:
+    worker threads must not touch QSettings or slicer.app)."""
+    if "snapshot" not in _state:
+        settings()
+    return _state["snapshot"]
 
 
 def update_settings(**changes: str) -> Settings:
@@ -41,6 +52,7 @@ def update_settings(**changes: str) -> Settings:
     for key, value in changes.items():
         setattr(current, key, value)
     save(QtSettingsStore(), current)
+    settings()  # refresh the snapshot
     if changed & set(BACKEND_FIELDS) and "holder" in _state:
         _state["holder"].reset()
     return current
@@ -51,7 +63,7 @@ def default_log_dir() -> Path:
 
 
 def log_dir() -> Path:
-    return log_folder(settings(), default_log_dir())
+    return snapshot()[1]
 
 
 def runner() -> TaskRunner:
@@ -70,7 +82,9 @@ def settings_runner() -> TaskRunner:
 
 def backend_holder() -> BackendHolder:
     if "holder" not in _state:
-        _state["holder"] = BackendHolder(settings, log_dir)
+        snapshot()  # taken here, on the main thread; the holder runs on the worker thread
+        _state["holder"] = BackendHolder(lambda: _state["snapshot"][0],
+                                         lambda: _state["snapshot"][1])
     return _state["holder"]
 
 

@@ -45,6 +45,7 @@ class VolumeContext:
     """The source image the current session was made from."""
 
     fingerprint: Fingerprint
+    segmentation: slicer.vtkMRMLSegmentationNode  # the node the results are for
     reference: slicer.vtkOrientedImageData  # its grid (no voxels)
     shape: tuple[int, int, int]
     upload: VolumeUpload
@@ -75,6 +76,7 @@ class Controller:
         self.progress: tuple[int, int] | None = None  # (done, total) while propagating
         self._propagation: Task | None = None
         self._dirty: set[str] = set()  # segments whose preview needs redrawing
+        self._tasks: list[Task] = []
         self._drawn_at = 0.0
 
     # ---- status --------------------------------------------------------------------
@@ -97,6 +99,8 @@ class Controller:
         fast GPU server cannot make the GUI stutter; the last slices are drawn at the end.
         """
         n = self.runner.drain()
+        if self._forget_if_orphaned():
+            return n
         now = time.monotonic()
         if self.propagating and now - self._drawn_at < REDRAW_INTERVAL_S:
             return n
@@ -184,7 +188,7 @@ class Controller:
                 state.remove(obj.segment_id)  # its first prompt failed: no object after all
             self._error(exc)
 
-        self.runner.submit(Task(f"{op.kind} on slice {op.index}", work, done, failed))
+        self._submit(Task(f"{op.kind} on slice {op.index}", work, done, failed))
         return True
 
     # ---- propagation ---------------------------------------------------------------
@@ -260,7 +264,7 @@ class Controller:
                                 "Check the slices listed under Review, then Apply.", "info")
             self.on_change()
 
-        self._propagation = self.runner.submit(Task(
+        self._propagation = self._submit(Task(
             "propagate", work,
             on_done=lambda result: finish(result[0], result[1], None),
             on_error=lambda exc: finish([], None, exc),
@@ -300,6 +304,11 @@ class Controller:
         if not objs:
             self.on_message("There is no MedSAM2 result to apply.", "info")
             return 0
+        if not self._results_are_current():
+            self.on_message("The MedSAM2 results were made for another segmentation or another "
+                            "state of the source volume; they cannot be applied here. Select "
+                            "that segmentation and volume again, or Discard them.", "error")
+            return 0
         self.ctx.save_state_for_undo()
         written = 0
         for obj in objs:
@@ -329,7 +338,7 @@ class Controller:
                 self.preview.remove(obj.segment_id)
             self._log("discard", obj, slices=len(obj.pending))
             session, oid = self.session, obj.object_id
-            self.runner.submit(Task("discard", lambda task, s=session, o=oid: s.delete_object(o),
+            self._submit(Task("discard", lambda task, s=session, o=oid: s.delete_object(o),
                                     on_error=self._error))
         if objs:
             self.on_message("MedSAM2 result discarded.", "info")
@@ -370,19 +379,27 @@ class Controller:
             return
         self.volume.upload = VolumeUpload(up.array, up.spacing, modality, window, up.name)
         session, upload = self.session, self.volume.upload
-        self.runner.submit(Task("new intensity", lambda task: session.replace_volume(upload),
+        self._submit(Task("new intensity", lambda task: session.replace_volume(upload),
                                 on_error=self._error))
         seen = (f"CT through window level {window[0]:g} / width {window[1]:g}"
                 if modality == "ct" else "MR, normalised")
         self.on_message(f"MedSAM2 now sees the volume as {seen}; new prompts and propagations "
                         "use it (earlier results are kept).", "info")
 
+    def _submit(self, task: Task) -> Task:
+        """Run on the (shared) worker thread; this controller cancels only its own tasks."""
+        self._tasks = [t for t in self._tasks if t.state in ("queued", "running")]
+        self._tasks.append(task)
+        return self.runner.submit(task)
+
     def close(self) -> None:
         """The effect goes away: stop work, free the server session, remove the preview."""
-        self.runner.cancel_all()
+        for task in self._tasks:
+            task.cancel()
+        self._propagation, self.progress = None, None
         if self.session is not None:
             session = self.session
-            self.runner.submit(Task("close session", lambda task: session.close()))
+            self._submit(Task("close session", lambda task: session.close()))
         if self.preview is not None:
             self.preview.clear()
         self.volume = self.state = self.session = self.preview = None
@@ -396,35 +413,49 @@ class Controller:
         if not segment_id or seg.GetSegmentation().GetSegment(segment_id) is None:
             raise UserError("add or select a segment first: MedSAM2 segments into it")
         fp = fingerprint(source, seg)
-        if self.volume is not None and fp == self.volume.fingerprint:
+        if self.volume is not None and fp == self.volume.fingerprint \
+                and seg is self.volume.segmentation:
             return segment_id
-        if self.volume is not None and self.ctx.scene().GetNodeByID(
-                self.volume.fingerprint.segmentation_id) is None:
-            # the segmentation the results were for is gone (deleted, scene closed): they
-            # cannot be applied anywhere any more
-            self.on_message("The segmentation the MedSAM2 results were made for was removed; "
-                            "they were discarded.", "info")
-            self.close()
+        self._forget_if_orphaned()
         if self.state is not None and self.state.has_pending():
-            raise UserError("the source volume, the segmentation or its geometry changed since "
-                            "the MedSAM2 results were made: Apply or Discard them first")
+            made_for = self.volume.segmentation.GetName()
+            raise UserError(f"MedSAM2 results made for segmentation '{made_for}' are not applied, "
+                            "and the source volume, the segmentation or its geometry changed "
+                            "since: Apply them (with that segmentation and volume selected as "
+                            "they were) or Discard them first")
         image = self.ctx.source_image()
         if image is None:
             raise UserError("the Segment Editor has no source image yet; select a source volume")
         upload, reference = capture(image, source, self.settings.modality)
         if self.session is not None:
             old = self.session
-            self.runner.submit(Task("close old session", lambda task: old.close()))
+            self._submit(Task("close old session", lambda task: old.close()))
         if self.preview is not None:
             self.preview.clear()
         shape = upload.array.shape
-        self.volume = VolumeContext(fp, reference, shape, upload, source.GetName())
+        self.volume = VolumeContext(fp, seg, reference, shape, upload, source.GetName())
         self.state = AnnotationState(shape)
         self.preview = Preview(self.ctx.scene(), seg)
         self.session = ServerSession(self.backend, upload, stall_timeout=self.settings.stall_timeout_s,
                                      notify=lambda text: self.runner.post(self.on_message, text,
                                                                           "warning"))
         return segment_id
+
+    def _forget_if_orphaned(self) -> bool:
+        """Drop results whose segmentation left the scene (deleted, scene closed)."""
+        if self.volume is None or self.volume.segmentation.GetScene() is not None:
+            return False
+        self.on_message("The segmentation the MedSAM2 results were made for was removed; "
+                        "they were discarded.", "info")
+        self.close()
+        self.on_change()
+        return True
+
+    def _results_are_current(self) -> bool:
+        """Are the results for the editor's segmentation and source volume as they are now?"""
+        seg, source = self.ctx.segmentation_node(), self.ctx.source_volume_node()
+        return (self.volume is not None and seg is self.volume.segmentation
+                and source is not None and fingerprint(source, seg) == self.volume.fingerprint)
 
     def _transform(self) -> slicer.vtkMRMLTransformNode | None:
         seg = self.ctx.segmentation_node()

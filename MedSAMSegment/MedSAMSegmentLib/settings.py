@@ -131,8 +131,12 @@ class BackendHolder:
         return self._backend
 
     def reset(self) -> None:
-        """Settings changed: drop (and stop) the old backend; sessions replay on the next."""
+        """Settings changed: drop the old backend; sessions replay on the next.
+
+        The old one is closed on a thread of its own: stopping a local worker waits for
+        a start in progress (up to its start-up timeout), which must never block the GUI.
+        """
         with self._lock:
             old, self._backend = self._backend, None
         if old is not None:
-            old.close()
+            threading.Thread(target=old.close, name="MedSAM2 backend close", daemon=True).start()
