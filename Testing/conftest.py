@@ -32,6 +32,17 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                    seed=0)
 
 
+@pytest.fixture(scope="module")
+def server(random_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A real medsam-server process on loopback (LocalWorker), one per test module."""
+    from medsam_client.worker import LocalWorker
+
+    w = LocalWorker(sys.executable, random_checkpoint, device="cpu", startup_timeout=120,
+                    log_path=tmp_path_factory.mktemp("server") / "server.log")
+    with w:
+        yield w
+
+
 @pytest.fixture(scope="session")
 def engine(random_checkpoint: Path):  # noqa: ANN201
     from medsam_server.engine import Engine

@@ -39,12 +39,6 @@ def ct_crop() -> np.ndarray:
     return np.ascontiguousarray(read_volume(shared(CT)).array[K0:K1])
 
 
-@pytest.fixture(scope="module")
-def server(random_checkpoint, tmp_path_factory):
-    w = LocalWorker(sys.executable, random_checkpoint, device="cpu", startup_timeout=120,
-                    log_path=tmp_path_factory.mktemp("server") / "server.log")
-    with w:
-        yield w
 
 
 @pytest.fixture

@@ -7,13 +7,10 @@ restart does); replays are compared with an uninterrupted session doing the same
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from conftest import shared
 from medsam_client.client import MedSAMClient, slice_mask
-from medsam_client.worker import LocalWorker
 from MedSAMSegmentLib.backend import RemoteBackend
 from MedSAMSegmentLib.server_session import PromptOp, PropagateOp, ServerSession, VolumeUpload
 
@@ -22,12 +19,6 @@ K0, K1 = 11, 17  # 6 slices around the liver
 KEY, BOX, BOX2 = 3, (45.0, 27.0, 104.0, 85.0), (15.0, 40.0, 50.0, 80.0)
 
 
-@pytest.fixture(scope="module")
-def server(random_checkpoint, tmp_path_factory):
-    w = LocalWorker(sys.executable, random_checkpoint, device="cpu", startup_timeout=120,
-                    log_path=tmp_path_factory.mktemp("srv") / "server.log")
-    with w:
-        yield w
 
 
 @pytest.fixture(scope="module")
