@@ -249,6 +249,20 @@ def test_8_the_annotation_log_has_the_whole_story(h):
     assert cancelled[0]["state"] == "cancelled" and cancelled[1]["state"] == "done"
 
 
+def test_8b_a_propagation_cancelled_while_queued_keeps_its_prompts_pending(h):
+    h.node.SetSelectedSegmentID(h.liver)
+    p0, p1 = h.drag(12, LIVER)
+    assert h.ctl.prompt_box(h.red, p0, p1)
+    assert h.ctl.propagate(first=11, last=13)  # queued behind the prompt
+    h.ctl.cancel()
+    h.wait()
+    obj = h.ctl.state.get(h.liver)
+    assert "cancelled" in h.last("info") and not h.ctl.propagating
+    assert 12 in obj.unpropagated  # the next Propagate still starts from it
+    last = read_log(h.log.path)[-1]
+    assert (last["event"], last["state"]) == ("propagate", "cancelled")
+
+
 def test_9_bad_input_is_a_message_and_changes_nothing(h):
     import vtk
 

@@ -236,11 +236,12 @@ class Controller:
                                               cancel=task.cancel_event))
             return jobs, session.pop_replay()
 
-        def finish(jobs: list, replay: object, error: BaseException | None) -> None:
+        def finish(jobs: list, replay: object, error: BaseException | None,
+                   cancelled: bool = False) -> None:
             self._propagation, self.progress = None, None
             self._handle_replay(replay)
-            state_ = "failed" if error else ("cancelled" if any(j.state == "cancelled"
-                                                               for j in jobs) else "done")
+            cancelled = cancelled or any(j.state == "cancelled" for j in jobs)
+            state_ = "failed" if error else ("cancelled" if cancelled else "done")
             n = sum(len(j.updates) for j in jobs)
             if self.state is state:
                 for op in ops:
@@ -268,7 +269,7 @@ class Controller:
             "propagate", work,
             on_done=lambda result: finish(result[0], result[1], None),
             on_error=lambda exc: finish([], None, exc),
-            on_cancelled=lambda: finish([], None, None)))
+            on_cancelled=lambda: finish([], None, None, cancelled=True)))
         self.on_change()
         return True
 
