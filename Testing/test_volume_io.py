@@ -188,7 +188,7 @@ def test_vector_image_is_rejected(tmp_path, suffix):
     expect_error(path, "3 values per voxel")
 
 
-# Not NIfTI: ITK's NIfTI reader already turns NaN into 0.
+# NIfTI goes through nibabel's own read (ITK's reader turns NaN into 0): test_nan_nifti.py.
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_voxels_are_counted(tmp_path, bad, suffix):

@@ -28,6 +28,9 @@ DEFAULT_SEGMENTS: list[Segment] = [(1, "Segment_1", (0.5, 0.68, 0.5))]
 # Longest suffix first so "x.seg.nrrd" is not taken for a plain ".nrrd".
 _MASK_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
 
+# Files ITK reads with its NIfTI reader (NIfTI-1/2, Analyze pairs).
+_NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img", ".img.gz")
+
 # DICOM tags appear as "gggg|eeee" metadata keys when ITK reads a DICOM file.
 _DICOM_TAG = re.compile(r"^[0-9a-fA-F]{4}\|[0-9a-fA-F]{4}$")
 
@@ -88,13 +91,32 @@ def read_volume(path: str | os.PathLike) -> Volume:
     del image  # keep one copy of the voxels, not two
 
     if np.issubdtype(array.dtype, np.floating):
-        n_bad = array.size - int(np.count_nonzero(np.isfinite(array)))
-        if n_bad:
-            raise VolumeError(
-                f"{p}: {n_bad} of {array.size} voxels are NaN or infinite; "
-                "replace them (e.g. with the background value) and try again"
-            )
+        _check_finite(p, array)
     return Volume(array, spacing, origin, direction, str(p))  # type: ignore[arg-type]
+
+
+def _check_finite(p: Path, array: np.ndarray) -> None:
+    n_bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+    if n_bad:
+        raise VolumeError(
+            f"{p}: {n_bad} of {array.size} voxels are NaN or infinite; "
+            "replace them (e.g. with the background value) and try again"
+        )
+
+
+def _check_nifti_finite(p: Path) -> None:
+    """ITK's NIfTI reader turns NaN and ±inf into 0: check the file's own float voxels."""
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        image = nib.load(str(p))
+        if image.get_data_dtype().kind not in "fc":
+            return  # integer voxels cannot be NaN
+        data = np.asanyarray(image.dataobj)
+    except (ImageFileError, OSError, ValueError, EOFError) as exc:
+        raise VolumeError(f"{p}: cannot check its voxels for NaN: {exc}") from None
+    _check_finite(p, data)
 
 
 def _read_file(p: Path) -> sitk.Image:
@@ -120,6 +142,8 @@ def _read_file(p: Path) -> sitk.Image:
         # One slice of a series reads as a 1-slice "volume": almost surely the wrong input.
         raise VolumeError(f"{p}: is a single DICOM slice, pass the folder holding the whole series")
     _check_scalar(p, reader.GetNumberOfComponents())
+    if p.name.lower().endswith(_NIFTI_SUFFIXES):
+        _check_nifti_finite(p)  # before ITK's copy exists: one volume in memory at a time
 
     try:
         return reader.Execute()

@@ -1,0 +1,203 @@
+"""``medsam-server evaluate`` and ``medsam-server batch``: parsers and commands.
+
+Kept apart from ``cli.py`` (which registers them) so that file stays about ``segment``,
+``serve`` and checkpoints. Every user error raises one of ``cli.USER_ERRORS``: exit
+status 2, one line, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .batch import FORMATS, BatchError, BatchSettings, read_manifest
+from .batch_run import BatchLedger, report
+from .evaluate import (
+    DEFAULT_TOLERANCE_MM,
+    EvaluationError,
+    check_labels,
+    check_tolerance,
+    evaluate_cases,
+    match_cases,
+    summary,
+    write_metrics_csv,
+)
+from .preprocess import PreprocessError
+
+RAY_MISSING = ("--ray needs Ray, an optional extra: pip install 'medsam-server[ray]' "
+               "(or pip install ray) in this environment and on every node of the cluster")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _evaluate_parser(sub)
+    _batch_parser(sub)
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="Dice and normalised surface Dice of predictions against references",
+        description="DSC and NSD per case and label (MedSAM's conventions, DeepMind's "
+                    "surface-distance). PRED and REF: two label volumes or two folders "
+                    "matched by case name (file name less .nii.gz, .seg.nrrd, ...).")
+    p.add_argument("pred", metavar="PRED", help="predicted label volume or folder")
+    p.add_argument("ref", metavar="REF", help="reference label volume or folder")
+    p.add_argument("--labels", type=int, nargs="+", metavar="L",
+                   help="labels to score (default: every label in either volume)")
+    p.add_argument("--tolerance-mm", type=float, default=DEFAULT_TOLERANCE_MM, metavar="T",
+                   help=f"NSD tolerance in mm (default {DEFAULT_TOLERANCE_MM})")
+    p.add_argument("--csv", metavar="OUT", help="write case,label,dsc,nsd rows here")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _batch_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch", help="segment every case of a manifest (resumable; local or on Ray)",
+        description="Segment the cases of MANIFEST (CSV: case,image and prompts, or "
+                    "reference with --boxes-from-reference) into OUTDIR/<case>.seg.nrrd, "
+                    "with OUTDIR/results.csv (and metrics.csv with references). Re-run the "
+                    "same command to resume.")
+    p.add_argument("manifest", metavar="MANIFEST", help="CSV with a header row")
+    p.add_argument("-o", "--output", metavar="OUTDIR", required=True, help="output folder")
+    p.add_argument("--checkpoint", help="MedSAM2 checkpoint (.pt); default: "
+                   "$MEDSAM2_CHECKPOINT or the cache (see 'medsam-server checkpoints')")
+    p.add_argument("--download", action="store_true",
+                   help="download the default release into the cache if it is missing")
+    g = p.add_argument_group("prompts from reference masks")
+    g.add_argument("--boxes-from-reference", action="store_true",
+                   help="one box per reference label: its bounding box on its largest slice")
+    g.add_argument("--box-jitter", type=int, default=0, metavar="PX",
+                   help="grow each box by a seeded random 0..PX voxels per side (MedSAM2)")
+    g.add_argument("--seed", type=int, default=0, help="seed of --box-jitter")
+    g.add_argument("--labels", type=int, nargs="+", metavar="L",
+                   help="only these reference labels get a box")
+    g = p.add_argument_group("segmentation (as for segment, applied to every case)")
+    g.add_argument("--axis", choices=["k", "j", "i"], default="k",
+                   help="slice axis of the reference boxes (prompts files name their own)")
+    g.add_argument("--modality", choices=["ct", "mr", "none"], default="ct")
+    g.add_argument("--window", type=float, nargs=2, metavar=("LEVEL", "WIDTH"),
+                   help="CT window (default 40 400)")
+    g.add_argument("--recipe", choices=["box", "mask"], default="box")
+    g.add_argument("--no-lcc", action="store_true",
+                   help="keep every connected component (default: the largest one)")
+    g.add_argument("--stop-after-empty", type=int, default=0, metavar="N",
+                   help="stop a direction after N slices without the object (0 = never)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (per Ray worker too)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--format", choices=FORMATS, default="seg.nrrd",
+                   help="OUTDIR/<case>.seg.nrrd (default) or .nii.gz")
+    g.add_argument("--tolerance-mm", type=float, default=DEFAULT_TOLERANCE_MM, metavar="T",
+                   help="NSD tolerance for metrics.csv")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("Ray (pip install 'medsam-server[ray]')")
+    g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on Ray: ADDRESS of a cluster (e.g. auto, HOST:6379, "
+                   "ray://HOST:10001); none: $RAY_ADDRESS, else a local Ray")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="Ray workers to start (default: as many as the cluster fits)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G")
+    p.set_defaults(func=cmd_batch)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    tolerance = check_tolerance(args.tolerance_mm)
+    labels = check_labels(args.labels)
+    csv_out = _check_csv_path(args.csv) if args.csv else None
+    cases = match_cases(args.pred, args.ref)
+    rows = evaluate_cases(cases, labels, tolerance)
+    if not rows:
+        raise EvaluationError(f"no labels in {args.pred} or {args.ref}; give --labels to score "
+                              "structures absent from both")
+    if csv_out is not None:
+        write_metrics_csv(csv_out, rows)
+    print(f"{len(cases)} case(s), NSD tolerance {tolerance:g} mm"
+          + (f", rows in {csv_out}" if csv_out else ""))
+    print(summary(rows))
+    return 0
+
+
+def _check_csv_path(path: str) -> Path:
+    out = Path(path)
+    if out.is_dir():
+        raise EvaluationError(f"--csv {out}: is a folder, give a file name")
+    if not out.parent.is_dir():
+        raise EvaluationError(f"--csv {out}: folder {out.parent} does not exist")
+    return out
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .checkpoints import resolve_checkpoint, sha256_file
+
+    tolerance = _check_batch_options(args)
+    cases = read_manifest(args.manifest, boxes_from_reference=args.boxes_from_reference)
+    ray_options = None
+    if args.ray is not None:
+        try:
+            from .batch_ray import RayOptions
+        except ImportError:
+            raise BatchError(RAY_MISSING) from None
+        ray_options = RayOptions(args.ray or None, args.workers, args.cpus_per_worker,
+                                 args.gpus_per_worker, args.device, args.threads)
+    checkpoint = resolve_checkpoint(args.checkpoint, download=args.download)
+    settings = BatchSettings(
+        checkpoint_sha256=sha256_file(checkpoint), format=args.format, axis=args.axis,
+        modality=args.modality, window=tuple(args.window) if args.window else None,
+        recipe=args.recipe, lcc=not args.no_lcc, stop_after_empty=args.stop_after_empty,
+        boxes_from_reference=args.boxes_from_reference, box_jitter=args.box_jitter,
+        seed=args.seed, labels=tuple(sorted(set(args.labels))) if args.labels else None,
+        tolerance_mm=tolerance)
+    ledger = BatchLedger(Path(args.output), cases, settings)
+    todo = ledger.plan()
+    skipped = len(cases) - len(todo)
+    if skipped:
+        print(f"skipped {skipped} case(s) whose output is already in {args.output}",
+              file=sys.stderr)
+    try:
+        if ray_options is not None:
+            from .batch_ray import run_on_ray
+
+            finished = run_on_ray(ledger, todo, checkpoint, ray_options, quiet=args.quiet)
+        else:
+            from .batch_run import run_local
+
+            def load_engine() -> object:
+                from .engine import Engine
+
+                return Engine.from_checkpoint(checkpoint, args.device, args.threads)
+
+            finished = run_local(ledger, todo, load_engine, quiet=args.quiet)
+    except KeyboardInterrupt:  # a second Ctrl-C: no partial file either (atomic writes)
+        print(f"medsam-server: aborted: {ledger.done} case(s) written this run are kept; run "
+              "the same command again to resume", file=sys.stderr)
+        return 130
+    return report(ledger, skipped, finished)
+
+
+def _check_batch_options(args: argparse.Namespace) -> float:
+    if args.window is not None and args.modality != "ct":
+        raise PreprocessError("--window is only used with --modality ct")
+    if args.stop_after_empty < 0:
+        raise BatchError("--stop-after-empty must be >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise BatchError("--threads must be >= 1")
+    if not args.boxes_from_reference:
+        given = [f for f, v in (("--box-jitter", args.box_jitter), ("--labels", args.labels))
+                 if v]
+        if given:
+            raise BatchError(f"{' and '.join(given)} need --boxes-from-reference")
+    if args.box_jitter < 0:
+        raise BatchError("--box-jitter must be >= 0")
+    check_labels(args.labels)
+    if args.ray is None:
+        given = [flag for flag, value, default in (
+            ("--workers", args.workers, None), ("--cpus-per-worker", args.cpus_per_worker, 1.0),
+            ("--gpus-per-worker", args.gpus_per_worker, 0.0)) if value != default]
+        if given:
+            raise BatchError(f"{', '.join(given)} only apply with --ray")
+    if args.workers is not None and args.workers < 1:
+        raise BatchError("--workers must be >= 1")
+    if not args.cpus_per_worker > 0 or not args.gpus_per_worker >= 0:
+        raise BatchError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
+    return check_tolerance(args.tolerance_mm)
