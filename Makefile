@@ -13,11 +13,12 @@ SLICER_API_CHECK := ../shared/tools/slicer_api/check.py
 
 setup: $(STAMP)
 
-$(STAMP): server/pyproject.toml server/requirements-sam2.txt Testing/requirements-slicer.txt Makefile
+$(STAMP): client/pyproject.toml server/pyproject.toml server/requirements-sam2.txt Testing/requirements-slicer.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e "server[test]"
+	# medsam-server depends on medsam-client (the torch-free client, ../client): both editable
+	$(PIP) install -e client -e "server[test,ray]"
 	SAM2_BUILD_CUDA=0 $(PIP) install --no-deps --no-build-isolation --require-hashes \
 		-r server/requirements-sam2.txt
 	$(PY) -c "import sys, sam2.modeling.sam2_base; assert 'torchvision' not in sys.modules"

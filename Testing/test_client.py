@@ -245,7 +245,7 @@ def test_segment_cli_with_server_writes_mask_on_input_grid(server, ct_crop, refe
     out = tmp_path / "mask.nii.gz"
     args = [str(src), "-o", str(out), "--slice", str(KEY), "--box", *map(str, BOX),
             "--quiet", "--server", server.url]
-    assert main(["segment", *args, "--token", server.token]) == 0
+    assert main(["segment", *args, f"--token={server.token}"]) == 0  # it may start with "-"
     mask = sitk.ReadImage(str(out))
     assert mask.GetSize() == crop.GetSize()
     assert mask.GetSpacing() == pytest.approx(crop.GetSpacing())
@@ -325,13 +325,17 @@ def test_get_is_retried_on_503_but_post_is_not(stub):
     assert seen == [("GET", "/info")] * 2 + [("POST", "/jobs/j1/cancel")]
 
 
-def test_404_codes_map_without_extra_requests(stub):
+@pytest.mark.parametrize(("session_code", "job_code"), [
+    ("session_gone", "job_gone"),  # the protocol's names
+    ("session_not_found", "job_not_found"),  # what a 0.1 server says for the same conditions
+])
+def test_404_codes_map_without_extra_requests(stub, session_code, job_code):
     routes, seen, url = stub
     routes[("GET", "/sessions/s1/objects/1/mask")] = [
-        (404, '{"error": "session_not_found", "message": "unknown session"}')]
+        (404, f'{{"error": "{session_code}", "message": "unknown session"}}')]
     routes[("DELETE", "/sessions/s1/objects/2")] = [
         (404, '{"error": "object_not_found", "message": "session s1 has no object 2"}')]
-    routes[("GET", "/jobs/j1")] = [(404, '{"error": "job_not_found", "message": "unknown job"}')]
+    routes[("GET", "/jobs/j1")] = [(404, f'{{"error": "{job_code}", "message": "unknown job"}}')]
     c = MedSAMClient(url, "t")
     with pytest.raises(MedSAMError, match="no longer has this session") as err:
         c.object_mask("s1", 1)

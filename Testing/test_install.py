@@ -20,6 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import medsam_client
 import medsam_server
 import pytest
 from conftest import REPO
@@ -32,6 +33,7 @@ from MedSAMSegmentLib.install import (
     InstallStep,
     bundled_server_source,
     bundled_server_version,
+    client_source_for,
     download_checkpoint,
     inspect_python,
     list_checkpoints,
@@ -57,13 +59,19 @@ def test_bundled_source_in_the_git_tree_is_the_repo_server():
     source = bundled_server_source()
     assert source == REPO / "server"
     assert bundled_server_version(source) == medsam_server.__version__
+    assert client_source_for(source) == REPO / "client"
+    # medsam-server pins the medsam-client of its own tree, at its exact version
+    client_version = bundled_server_version(REPO / "client")
+    assert client_version == medsam_client.__version__
+    assert f'"medsam-client=={client_version}"' in (source / "pyproject.toml").read_text()
 
 
 def test_plan_with_a_pinned_torch(tmp_path):
     source = bundled_server_source()
     steps = plan_install(PY, torch="torch==2.13.0", source=source, work_dir=tmp_path)
-    assert [s.name for s in steps] == ["build-tools", "torch", "sam2", "medsam-server"]
-    tools, torch_step, sam2, server = steps
+    assert [s.name for s in steps] == ["build-tools", "torch", "sam2", "medsam-client",
+                                       "medsam-server"]
+    tools, torch_step, sam2, client, server = steps
 
     # every pip call goes through the target interpreter with the version check off
     for step in steps:
@@ -85,6 +93,12 @@ def test_plan_with_a_pinned_torch(tmp_path):
     assert installer == (*PIP, str(copy))  # the writable copy, never the bundle itself
     assert server.check[-1] == f"medsam-server=={medsam_server.__version__}"
     assert {"medsam_server", "medsam_client", "sam2.modeling.sam2_base"} <= set(server.check)
+    # the client it depends on goes first, the same way, from ../client
+    client_copy = tmp_path / "medsam-client-src"
+    (copier, installer) = client.commands
+    assert copier[-2:] == (str(REPO / "client"), str(client_copy))
+    assert installer == (*PIP, str(client_copy))
+    assert client.check[-2:] == ("medsam_client", f"medsam-client=={medsam_client.__version__}")
 
 
 def test_plan_auto_torch_uses_light_the_torch(tmp_path):
@@ -98,6 +112,13 @@ def test_plan_auto_torch_uses_light_the_torch(tmp_path):
 
 
 def fake_source(folder: Path, version: str) -> Path:
+    """A fake medsam-server source folder, with a fake medsam-client beside it."""
+    client = folder.parent / "client"
+    if not client.exists():
+        client.mkdir(parents=True)
+        (client / "pyproject.toml").write_text(
+            '[build-system]\nrequires = ["setuptools"]\n\n[project]\nname = "medsam-client"\n'
+            'version = "0.0.7"\n')
     folder.mkdir(parents=True)
     (folder / "pyproject.toml").write_text(
         f'[build-system]\nrequires = ["setuptools"]\n\n[project]\nname = "medsam-server"\n'
@@ -111,8 +132,10 @@ def test_plan_follows_the_bundle_version(tmp_path):
                        work_dir=tmp_path)
     new = plan_install(PY, torch="torch", source=fake_source(tmp_path / "b", "0.2.0"),
                        work_dir=tmp_path)
-    assert new[3].check[-1] == "medsam-server==0.2.0" and old[3].check[-1].endswith("0.1.0")
-    assert new[3].title == "Install medsam-server 0.2.0"
+    assert new[4].check[-1] == "medsam-server==0.2.0" and old[4].check[-1].endswith("0.1.0")
+    assert new[4].title == "Install medsam-server 0.2.0"
+    assert new[3].check[-1] == "medsam-client==0.0.7"
+    assert new[3].title == "Install medsam-client 0.0.7"
 
 
 def test_plan_refuses_a_broken_bundle(tmp_path):
@@ -124,6 +147,11 @@ def test_plan_refuses_a_broken_bundle(tmp_path):
     (tmp_path / "t" / "pyproject.toml").write_text('[project]\nname = "x"\n')
     with pytest.raises(InstallError, match="no \\[project\\] version"):
         plan_install(PY, torch="torch", source=tmp_path / "t", work_dir=tmp_path)
+    lone = tmp_path / "lone" / "server"
+    lone.mkdir(parents=True)
+    (lone / "pyproject.toml").write_text('[project]\nname = "medsam-server"\nversion = "1"\n')
+    with pytest.raises(InstallError, match="medsam-client source is missing"):
+        plan_install(PY, torch="torch", source=lone, work_dir=tmp_path)
 
 
 def test_server_copy_is_writable_and_clean_even_from_a_read_only_bundle(tmp_path):
@@ -136,7 +164,7 @@ def test_server_copy_is_writable_and_clean_even_from_a_read_only_bundle(tmp_path
     for path in [*src.rglob("*"), src]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     try:
-        copier = plan_install(PY, torch="torch", source=src, work_dir=tmp_path / "w")[3].commands[0]
+        copier = plan_install(PY, torch="torch", source=src, work_dir=tmp_path / "w")[4].commands[0]
         for _ in range(2):  # the second run replaces the first copy
             subprocess.run(copier, check=True, capture_output=True)
         copy = tmp_path / "w" / "medsam-server-src"
@@ -364,7 +392,8 @@ def test_install_into_fresh_python_then_serve_health(tmp_path, random_checkpoint
     InstallRunner(steps, log_path=log, state_path=state, on_progress=seen.append).run()
     installed_s = time.monotonic() - t0
     assert not any(p.skipped for p in seen), [p.step for p in seen if p.skipped]
-    assert {p.step for p in seen} == {"build-tools", "torch", "sam2", "medsam-server"}
+    assert {p.step for p in seen} == {"build-tools", "torch", "sam2", "medsam-client",
+                                      "medsam-server"}
 
     info = inspect_python(python, expected_version=bundled_server_version())
     assert info.ok, info.message
@@ -376,6 +405,14 @@ def test_install_into_fresh_python_then_serve_health(tmp_path, random_checkpoint
         capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]})
     module_file, torchvision = where.stdout.split()
     assert Path(module_file).is_relative_to(tmp_path / "slicer-python")  # the copy, not the repo
+    # two distributions: medsam-client on its own, and medsam-server depending on it
+    dists = subprocess.run(
+        [python, "-c", "from importlib.metadata import version, requires; "
+         "print(version('medsam-client')); print(requires('medsam-server'))"],
+        capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]})
+    client_version, server_requires = dists.stdout.splitlines()
+    assert client_version == medsam_client.__version__
+    assert f"medsam-client=={client_version}" in server_requires
     assert torchvision == "None"  # sam2's metadata would have pulled it (multi-GB CUDA build)
 
     worker = LocalWorker(python, random_checkpoint, device="cpu", log_path=tmp_path / "w.log")
@@ -391,7 +428,8 @@ def test_install_into_fresh_python_then_serve_health(tmp_path, random_checkpoint
     InstallRunner(steps, log_path=log, state_path=state, on_progress=seen.append).run()
     rerun_s = time.monotonic() - t1
     assert [(p.step, p.skipped) for p in seen if not p.line.startswith("checking")] == [
-        ("build-tools", True), ("torch", True), ("sam2", True), ("medsam-server", True)]
+        ("build-tools", True), ("torch", True), ("sam2", True), ("medsam-client", True),
+        ("medsam-server", True)]
     assert rerun_s < 60
     print(f"\ninstall into a fresh venv: {installed_s:.1f} s; re-run, all skipped: {rerun_s:.1f} s")
 

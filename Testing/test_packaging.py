@@ -7,9 +7,10 @@ handling and copy rules). The extension is configured, built and installed again
 into a temporary folder, and the installed tree is checked:
 
 - every file under MedSAMSegment/ (bar CMake files; the self-test included) and every
-  file of server/medsam_client is installed, identical to its source;
-- the server bundle the local-worker installer pip-installs is exactly what setuptools
-  would package from server/ (plus the sam2 pin file);
+  file of client/medsam_client is installed, identical to its source;
+- the server bundle the local-worker installer pip-installs holds exactly what setuptools
+  would package from client/ (medsam-client) and server/ (medsam-server, plus the sam2 pin
+  file), each in its folder as in git;
 - every module reachable by import from the installed Slicer-side code is installed,
   Python's stdlib, or provided by Slicer's Python; torch, sam2 and fastapi never are;
 - MedSAMSegment.s4ext says what the top-level CMakeLists.txt says.
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 STUB = REPO / "Testing" / "cmake_stub"
 MODULE_SOURCE = REPO / "MedSAMSegment"
 SERVER_SOURCE = REPO / "server"
+CLIENT_SOURCE = REPO / "client"
 MODULE = "MedSAMSegment"
 LIB = "MedSAMSegmentLib"
 SELF_TEST = "MedSAMSegmentSelfTest"
@@ -161,44 +163,47 @@ def test_self_test_is_installed_and_registered(installed: Installed) -> None:
 
 
 def test_client_package_is_installed_beside_the_module(installed: Installed) -> None:
-    client = SERVER_SOURCE / "medsam_client"
+    client = CLIENT_SOURCE / "medsam_client"
     expected = {rel for rel in files_under(client) if rel.endswith(".py")}
     missing = sorted(expected - files_under(installed.scripted / "medsam_client"))
-    assert not missing, (f"server/medsam_client files not installed "
+    assert not missing, (f"client/medsam_client files not installed "
                          f"(MEDSAM_CLIENT_PYTHON_SCRIPTS in {MODULE}/CMakeLists.txt): {missing}")
     assert_same_content([(client / rel, installed.scripted / "medsam_client" / rel)
                          for rel in expected])
 
 
-def pip_payload(server: Path) -> set[str]:
-    """What `pip install server/` builds from: pyproject.toml, its readme, the modules of
+def pip_payload(source: Path, extra: tuple[str, ...] = ()) -> set[str]:
+    """What `pip install <source>/` builds from: pyproject.toml, its readme, the modules of
     the packages setuptools discovers and their package data (include-package-data adds
-    nothing: no MANIFEST.in), plus the sam2 pin file the installer reads."""
-    config = read_configuration(server / "pyproject.toml", expand=True)  # runs discovery
+    nothing: no MANIFEST.in), plus ``extra`` files the installer reads."""
+    config = read_configuration(source / "pyproject.toml", expand=True)  # runs discovery
     setuptools_cfg = config["tool"]["setuptools"]
     readme = config["project"]["readme"]
     readme = readme["file"] if isinstance(readme, dict) else readme
-    files = {"pyproject.toml", readme, "requirements-sam2.txt"}
+    files = {"pyproject.toml", readme, *extra}
     package_data = setuptools_cfg.get("package-data", {})
     for package in setuptools_cfg["packages"]:
-        folder = server / package.replace(".", "/")
-        files |= {p.relative_to(server).as_posix() for p in folder.glob("*.py")}
+        folder = source / package.replace(".", "/")
+        files |= {p.relative_to(source).as_posix() for p in folder.glob("*.py")}
         for pattern in [*package_data.get(package, ()), *package_data.get("*", ())]:
-            files |= {p.relative_to(server).as_posix() for p in folder.glob(pattern)
+            files |= {p.relative_to(source).as_posix() for p in folder.glob(pattern)
                       if p.is_file()}
     return files
 
 
 def test_server_bundle_holds_what_pip_needs(installed: Installed) -> None:
-    expected = pip_payload(SERVER_SOURCE)
-    assert any(rel.endswith(".yaml") for rel in expected)  # the model config is package data
+    server = pip_payload(SERVER_SOURCE, extra=("requirements-sam2.txt",))
+    client = pip_payload(CLIENT_SOURCE)
+    assert any(rel.endswith(".yaml") for rel in server)  # the model config is package data
+    assert not any(rel.startswith("medsam_client/") for rel in server)  # one copy: the client's
+    assert "medsam_client/protocol.py" in client
+    expected = {f"server/{rel}" for rel in server} | {f"client/{rel}" for rel in client}
     bundle = files_under(installed.scripted / BUNDLE)
     assert not expected - bundle, (
         f"missing from {BUNDLE} (SERVER_BUNDLE_RESOURCES in {MODULE}/CMakeLists.txt): "
         f"{sorted(expected - bundle)}")
-    assert not bundle - expected, f"not part of the server package: {sorted(bundle - expected)}"
-    assert_same_content([(SERVER_SOURCE / rel, installed.scripted / BUNDLE / rel)
-                         for rel in expected])
+    assert not bundle - expected, f"not part of either package: {sorted(bundle - expected)}"
+    assert_same_content([(REPO / rel, installed.scripted / BUNDLE / rel) for rel in expected])
 
 
 def test_install_tree_is_the_build_tree(installed: Installed) -> None:

@@ -169,7 +169,7 @@ def _update(index: int) -> P.SliceUpdate:
 
 
 MESSAGES = [
-    P.ErrorBody("session_not_found", "no session abc"),
+    P.ErrorBody("session_gone", "no session abc"),
     P.Health("ok", "0.1.0"),
     P.Info("0.1.0", 1, "MedSAM2", "ab" * 32, "cpu", 2, 0, {"rss": 1}, {"max_upload_mb": 9},
            ["zstd", "zlib"]),

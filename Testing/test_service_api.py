@@ -63,11 +63,12 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(checkpoint: Path, *extra: str) -> Iterator[LiveServer]:
-    """``medsam-server serve`` on a free loopback port (``--port 0``, read from its banner)."""
-    token = secrets.token_urlsafe(24)
+def live_server(checkpoint: Path, *extra: str, token: str | None = None) -> Iterator[LiveServer]:
+    """``medsam-server serve`` on a free loopback port (``--port 0``, read from its banner);
+    a random token unless ``token`` is given (replicas share one)."""
+    token = token or secrets.token_urlsafe(24)
     cmd = [sys.executable, "-m", "medsam_server.cli", "serve", "--host", "127.0.0.1",
-           "--port", "0", "--token", token, "--checkpoint", str(checkpoint), "--device", "cpu",
+           "--port", "0", f"--token={token}", "--checkpoint", str(checkpoint), "--device", "cpu",
            "--threads", str(torch.get_num_threads()), *extra]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines: list[str] = []
@@ -154,9 +155,13 @@ def test_health_and_info(server: LiveServer, random_checkpoint: Path) -> None:
     assert info.checkpoint_sha256 == sha256_file(random_checkpoint)
     assert info.device == "cpu"
     assert "zstd" in info.encodings and "zlib" in info.encodings
-    assert {"volumes", "features", "masks", "total", "budget"} <= set(info.memory)
+    assert {"volumes", "features", "masks", "undo", "total", "budget"} <= set(info.memory)
     assert info.limits["max_upload_bytes"] == 1024 << 20
     assert info.limits["idle_timeout_s"] == 1800 and info.limits["max_wait_s"] == 30
+    assert info.limits["lease_timeout_s"] == 60 and set(info.capabilities) == {"lease", "undo"}
+    assert info.replica == "" and info.warm_start_s > 0  # serve warms up by default
+    assert any("warm start: a dummy prompt and tracking step on cpu took" in line
+               for line in server.log)
     assert server.get("/docs").status_code == 404 and server.get("/redoc").status_code == 404
     assert "/sessions/{sid}/prompt" in server.get("/openapi.json").json()["paths"]
 
@@ -206,7 +211,7 @@ def test_prompt_and_propagation_match_in_process_session(server: LiveServer, eng
     for r in (server.get(f"/sessions/{sid}"),
               server.post(f"/sessions/{sid}/prompt",
                           json={"object_id": 1, "axis": "k", "index": KEY, "box": list(BOX)})):
-        assert r.status_code == 404 and r.json()["error"] == "session_not_found"
+        assert r.status_code == 404 and r.json()["error"] == "session_gone"
     assert server.get("/info").json()["sessions"] == 0
 
 
@@ -250,11 +255,16 @@ def test_idle_sessions_expire(random_checkpoint: Path) -> None:
         kept, dropped = open_session(server, volume), open_session(server, volume)
         info = server.get("/info").json()
         assert info["sessions"] == 2 and info["memory"]["volumes"] == 2 * volume.size
-        for _ in range(6):  # touching a session keeps it alive
+        box = {"object_id": 1, "axis": "k", "index": 0, "box": [1, 1, 6, 6]}
+        assert server.post(f"/sessions/{kept}/prompt", json=box).status_code == 200
+        for _ in range(6):  # work keeps a session; reading its state renews nothing
             time.sleep(0.5)
-            assert server.get(f"/sessions/{kept}").status_code == 200
+            assert server.get(f"/sessions/{kept}/objects/1/mask").status_code == 200
+            r = server.get(f"/sessions/{dropped}")
+            if r.status_code == 200:  # counting down, without a lease
+                assert r.json()["idle_left_s"] < 1.5 and r.json()["lease_left_s"] is None
         r = server.get(f"/sessions/{dropped}")
-        assert r.status_code == 404 and r.json()["error"] == "session_not_found"
+        assert r.status_code == 404 and r.json()["error"] == "session_gone"
         assert "expired" in r.json()["message"]
         time.sleep(2.5)
         assert server.get(f"/sessions/{kept}").status_code == 404
@@ -281,7 +291,7 @@ def test_memory_budget_evicts_idle_caches_then_idle_sessions(engine) -> None:
 
     a, b = add(), add()
     busy = add()
-    registry.claim(busy)  # as if a prompt were queued for it
+    claim = busy.work.claim()  # as if a prompt were queued for it
     for s in (a, b, busy):  # 200 kB of "features" each: 1.15 MB in all
         s.session.cache.put(("k", 0), [torch.zeros(51200)])
     now[0] += 1.0
@@ -299,4 +309,4 @@ def test_memory_budget_evicts_idle_caches_then_idle_sessions(engine) -> None:
     assert not busy.closed and not d.closed  # at work / just uploaded: never evicted
     assert busy.session.cache.nbytes == 204800
     assert registry.memory()["total"] <= 1 << 20
-    registry.release(busy)
+    claim.release()

@@ -308,14 +308,14 @@ def test_wrong_state_and_unknown_ids(client: TestClient, ready: str) -> None:
               client.get("/sessions/nope/objects/1/mask"),
               client.delete("/sessions/nope/objects/1"),
               client.put("/sessions/nope/volume", content=b"x")):
-        assert_error(r, 404, "session_not_found")
+        assert_error(r, 404, "session_gone")
         assert "upload" in r.json()["message"]
     for r in (client.get(f"/sessions/{ready}/objects/99/mask"),
               client.delete(f"/sessions/{ready}/objects/99"),
               client.post(f"/sessions/{ready}/propagate", json={"object_ids": [99]})):
         assert_error(r, 404, "object_not_found")
     for r in (client.get("/jobs/nope"), client.post("/jobs/nope/cancel")):
-        assert_error(r, 404, "job_not_found")
+        assert_error(r, 404, "job_gone")
     for r in (client.get("/no/such/route"), client.get(f"/sessions/{ready}/nothing")):
         assert_error(r, 404, "not_found")
     assert_error(client.get(f"/sessions/{ready}/objects/one/mask"), 422)
@@ -395,7 +395,9 @@ def test_uploads_in_progress_are_counted_and_exclusive(client: TestClient) -> No
         assert_error(client.put(f"/sessions/{sid}/volume", content=packed), 409, "wrong_state")
         assert client.get("/info").json()["memory"]["uploads"] == volume.nbytes
         s.last_used -= 1e6
-        assert sid not in sessions.expire_idle()  # never expired mid-upload
+        s.last_seen -= 1e6
+        s.lease = True
+        assert sid not in sessions.expire()  # neither clock closes it mid-upload
         # a second announced volume that cannot fit beside the one in flight (budget 64 MB)
         big = _new_session(client, volume, shape=[40, 1024, 1024], dtype="uint8")
         sessions.begin_upload(sessions.get(big))

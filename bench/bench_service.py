@@ -45,12 +45,13 @@ def ct_int16(n_slices: int) -> np.ndarray:
 
 
 class Server:
-    def __init__(self, checkpoint: Path, device: str, threads: int) -> None:
+    def __init__(self, checkpoint: Path, device: str, threads: int,
+                 extra: tuple[str, ...] = ()) -> None:
         self.token = secrets.token_urlsafe(24)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "medsam_server.cli", "serve", "--port", "0", "--token",
-             self.token, "--checkpoint", str(checkpoint), "--device", device,
-             "--threads", str(threads), "--memory-budget-mb", "8192"],
+            [sys.executable, "-m", "medsam_server.cli", "serve", "--port", "0",
+             f"--token={self.token}", "--checkpoint", str(checkpoint), "--device", device,
+             "--threads", str(threads), "--memory-budget-mb", "8192", *extra],
             stderr=subprocess.PIPE, text=True)
         ready, url = threading.Event(), []
 

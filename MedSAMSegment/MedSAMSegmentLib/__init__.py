@@ -14,11 +14,11 @@ import os
 import sys
 
 # An installed extension has medsam_client beside this package (the CMake build copies it
-# from server/). Run from a git checkout (Extension Wizard / additional module path), it is
-# still in the checkout's server/ folder: put that on sys.path, and say so.
+# from client/). Run from a git checkout (Extension Wizard / additional module path), it is
+# still in the checkout's client/ folder: put that on sys.path, and say so.
 if importlib.util.find_spec("medsam_client") is None:
-    _server = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "server"))
-    if os.path.isfile(os.path.join(_server, "medsam_client", "__init__.py")):
-        sys.path.append(_server)
+    _client = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "client"))
+    if os.path.isfile(os.path.join(_client, "medsam_client", "__init__.py")):
+        sys.path.append(_client)
         logging.getLogger(__name__).info("MedSAMSegment runs from a source checkout: "
-                                         "using medsam_client from %s", _server)
+                                         "using medsam_client from %s", _client)

@@ -28,11 +28,13 @@ class ServerReport:
     model: str
     checkpoint_sha256: str
     sessions: int
+    notes: tuple[str, ...] = ()  # features switched off against an older server, and why
 
     def summary(self) -> str:
-        return (f"medsam-server {self.version} at {self.url}: model {self.model} on "
+        text = (f"medsam-server {self.version} at {self.url}: model {self.model} on "
                 f"{self.device}, checkpoint sha256 {self.checkpoint_sha256[:12]}…, "
                 f"{self.sessions} open session(s)")
+        return "\n".join((text, *self.notes))
 
 
 class Backend:
@@ -50,7 +52,7 @@ class Backend:
         client = self.client()
         info = client.info()
         return ServerReport(client.url, info.version, info.device, info.model,
-                            info.checkpoint_sha256, info.sessions)
+                            info.checkpoint_sha256, info.sessions, tuple(client.notes))
 
     def close(self) -> None:
         """Release what the backend holds (stops a local worker)."""

@@ -1,7 +1,8 @@
 """Install the local inference worker into a Python interpreter, in resumable steps.
 
 The worker runs in its own Python (by default Slicer's ``PythonSlicer``, or one the user
-picks), which needs torch, Meta's sam2 and medsam-server. ``plan_install`` lists the steps
+picks), which needs torch, Meta's sam2, medsam-client and medsam-server (which depends on
+that exact medsam-client: both come from the extension's bundle, client first). ``plan_install`` lists the steps
 (pure: nothing runs), ``InstallRunner`` runs them with that interpreter's pip, logs every
 line and records finished steps, so a run cut short by a crash, a cancel or a restart of
 Slicer continues where it stopped, and a finished installation re-checks in seconds.
@@ -41,7 +42,7 @@ from .worker_tasks import (
 
 __all__ = [
     "InstallCancelled", "InstallError", "InstallProgress", "InstallRunner", "InstallStep",
-    "WorkerPythonInfo", "bundled_server_source", "bundled_server_version",
+    "WorkerPythonInfo", "bundled_server_source", "bundled_server_version", "client_source_for",
     "default_worker_python", "download_checkpoint", "inspect_python", "list_checkpoints",
     "plan_install",
 ]
@@ -51,6 +52,7 @@ LTT_REQUIREMENT = "light-the-torch>=0.7"
 BUILD_TOOLS = ("setuptools>=68", "wheel")  # sam2 is built without build isolation
 CHECK_TIMEOUT_S = 300.0  # a first "import torch" on a slow disk can take a minute
 SERVER_COPY = "medsam-server-src"
+CLIENT_COPY = "medsam-client-src"
 
 # Steps' checks run in the target interpreter, which may be old: plain Python 3 only.
 # Arguments: "dist==version" must be installed at exactly that version; others are imported.
@@ -124,9 +126,12 @@ class InstallProgress:
 
 
 def bundled_server_source() -> Path:
-    """The medsam-server source the extension ships (installed) or the repo's (git tree)."""
+    """The medsam-server source the extension ships (installed) or the repo's (git tree).
+
+    Both lay the two distributions out alike: ``<root>/server`` and ``<root>/client``.
+    """
     here = Path(__file__).resolve().parent
-    candidates = (here / "server_bundle", here.parents[1] / "server")
+    candidates = (here / "server_bundle" / "server", here.parents[1] / "server")
     for folder in candidates:
         if (folder / "pyproject.toml").is_file():
             return folder
@@ -135,8 +140,17 @@ def bundled_server_source() -> Path:
                        "extension")
 
 
+def client_source_for(server_source: Path) -> Path:
+    """The medsam-client source beside a medsam-server source (``../client``)."""
+    folder = Path(server_source).parent / "client"
+    if not (folder / "pyproject.toml").is_file():
+        raise InstallError(f"the medsam-client source is missing beside {server_source} (no "
+                           f"{folder / 'pyproject.toml'}); reinstall the MedSAMSegment extension")
+    return folder
+
+
 def bundled_server_version(source: Path | None = None) -> str:
-    """The ``[project] version`` of the bundled medsam-server's pyproject.toml."""
+    """The ``[project] version`` of the bundled medsam-server's (or any) pyproject.toml."""
     pyproject = Path(source or bundled_server_source()) / "pyproject.toml"
     # a regex, not tomllib: Slicer's Python may predate 3.11
     match = re.search(r'^\[project\][^\[]*?^version\s*=\s*"([^"]+)"',
@@ -165,15 +179,19 @@ def plan_install(python: str, *, torch: str = "auto", source: Path | None = None
     ``torch="auto"``: light-the-torch picks the CUDA or CPU build that fits this machine's
     NVIDIA driver (as Slicer's PyTorch extension does); any other value is a pip
     requirement used as it is (``"torch==2.13.0"``). ``source``: medsam-server's source
-    folder (default: the bundled one); ``work_dir``: a writable folder for its build copy.
+    folder (default: the bundled one), with medsam-client's beside it (``../client``);
+    ``work_dir``: a writable folder for their build copies.
     """
     if not python or not torch:
         raise ValueError("plan_install needs a Python interpreter and a torch requirement")
     source = Path(source) if source is not None else bundled_server_source()
     version = bundled_server_version(source)
+    client = client_source_for(source)
+    client_version = bundled_server_version(client)
     requirements = source / "requirements-sam2.txt"
     pins = _pins(requirements)
     copy = Path(work_dir) / SERVER_COPY
+    client_copy = Path(work_dir) / CLIENT_COPY
     pip = (python, "-m", "pip", "--disable-pip-version-check", "install",
            "--no-warn-script-location")
 
@@ -198,6 +216,12 @@ def plan_install(python: str, *, torch: str = "auto", source: Path | None = None
                                "-r", str(requirements)),),
                     check=(python, "-c", _CHECK_INSTALLED, *pins),
                     env={"SAM2_BUILD_CUDA": "0"}),  # pure Python: no CUDA toolkit needed
+        # medsam-server pins this exact medsam-client: installed first, pip finds it there
+        InstallStep("medsam-client", f"Install medsam-client {client_version}",
+                    commands=((python, "-c", _COPY_SOURCE, str(client), str(client_copy)),
+                              (*pip, str(client_copy))),
+                    check=(python, "-c", _CHECK_INSTALLED, "medsam_client",
+                           f"medsam-client=={client_version}")),
         InstallStep("medsam-server", f"Install medsam-server {version}",
                     commands=((python, "-c", _COPY_SOURCE, str(source), str(copy)),
                               (*pip, str(copy))),

@@ -1,4 +1,5 @@
-"""``medsam-server`` command line: segment, checkpoints, make-test-checkpoint.
+"""``medsam-server`` command line: segment, checkpoints, make-test-checkpoint (evaluate and
+batch: ``cli_batch.py``).
 
 Every user error ends the process with status 2 and one line on stderr, and
 writes nothing.
@@ -16,6 +17,7 @@ from pathlib import Path
 from medsam_client.client import MedSAMError
 
 from . import __version__
+from .batch import BatchError
 from .checkpoints import (
     CheckpointError,
     DeviceError,
@@ -23,13 +25,15 @@ from .checkpoints import (
     list_checkpoints,
     resolve_checkpoint,
 )
+from .cli_batch import add_parsers as add_batch_parsers
+from .evaluate import EvaluationError
 from .preprocess import PreprocessError
 from .prompts import Prompt, PromptError, check_slice_prompt
 from .specs import DEFAULT_COLORS, ObjectSpec, load_prompts_file
 from .volume_io import VolumeError
 
-USER_ERRORS = (CheckpointError, DeviceError, MedSAMError, PreprocessError, PromptError,
-               VolumeError)
+USER_ERRORS = (BatchError, CheckpointError, DeviceError, EvaluationError, MedSAMError,
+               PreprocessError, PromptError, VolumeError)
 
 
 def _segment_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +82,15 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--log-file", help="also write the log here (no image data is logged)")
     p.add_argument("--idle-timeout", type=float, default=1800.0,
-                   help="seconds before an unused session is closed")
+                   help="seconds without work before a session is closed")
+    p.add_argument("--lease-timeout", type=float, default=60.0,
+                   help="seconds without a heartbeat before a leased session is closed, jobs "
+                        "and all (its client crashed or was cut off)")
+    p.add_argument("--replica", metavar="NAME",
+                   help="this server's name behind a proxy: it starts every session id, so "
+                        "the proxy routes a session's requests here (see examples/nginx)")
+    p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="skip the dummy forward pass before serving (the first box pays it)")
     p.add_argument("--memory-budget-mb", type=int, default=4096,
                    help="feature cache + session memory budget")
     p.add_argument("--max-upload-mb", type=int, default=1024, help="largest request body")
@@ -100,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _segment_parser(sub)
     _serve_parser(sub)
+    add_batch_parsers(sub)  # evaluate, batch (cli_batch.py)
     p = sub.add_parser("checkpoints", help="list known MedSAM2 releases and the cache")
     p.add_argument("--cache-dir", help="cache folder (default $MEDSAM2_CACHE_DIR or ~/.cache/medsam2)")
     p.add_argument("--download", metavar="NAME", help="download a release into the cache")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +37,27 @@ class StepOutput:
     def mask(self, shape: tuple[int, int]) -> np.ndarray:
         """Boolean mask at slice resolution: bilinear upsampling of the logits, then > 0."""
         return upsample_logits(self.lowres, shape) > 0
+
+
+class SamHeads(NamedTuple):
+    """What SAM2's ``_forward_sam_heads`` returns (the 2nd item of ``_track_step``), by name."""
+
+    low_res_multimasks: torch.Tensor
+    high_res_multimasks: torch.Tensor
+    ious: torch.Tensor
+    low_res_masks: torch.Tensor
+    high_res_masks: torch.Tensor
+    obj_ptr: torch.Tensor
+    object_score_logits: torch.Tensor
+
+
+def _sam_heads(outputs: tuple) -> SamHeads:
+    # a sam2 release that changes this tuple must fail here, not shift a tensor silently
+    if len(outputs) != len(SamHeads._fields):
+        raise RuntimeError(f"SAM2's _track_step returned {len(outputs)} head outputs, this engine "
+                           f"knows {len(SamHeads._fields)} ({', '.join(SamHeads._fields)}); "
+                           "use the pinned sam2 (server/requirements-sam2.txt)")
+    return SamHeads(*outputs)
 
 
 def upsample_logits(lowres: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -118,18 +139,18 @@ class Engine:
             if prev_logits is not None:
                 prev_logits = torch.clamp(prev_logits.to(self.device), -32.0, 32.0)
         with autocast_for(self.device):
-            out, sam_out, _, _ = self.model._track_step(
-                frame_idx, True, feats, pos, sizes, point_inputs, mask_inputs,
-                {}, num_frames, False, prev_logits,
-            )
-            lowres = self._fill_holes(sam_out[3])
+            heads = self._track(frame_idx=frame_idx, is_init_cond_frame=True, feats=feats,
+                                pos=pos, sizes=sizes, point_inputs=point_inputs,
+                                mask_inputs=mask_inputs, output_dict={}, num_frames=num_frames,
+                                reverse=False, prev_logits=prev_logits)
+            lowres = self._fill_holes(heads.low_res_masks)
             high = F.interpolate(lowres.to(self.device), size=(self.image_size,) * 2,
                                  mode="bilinear", align_corners=False)
             maskmem, maskmem_pos = self.model._encode_new_memory(
                 current_vision_feats=feats, feat_sizes=sizes, pred_masks_high_res=high,
-                object_score_logits=sam_out[6], is_mask_from_pts=True,
+                object_score_logits=heads.object_score_logits, is_mask_from_pts=True,
             )
-        return self._compact(maskmem, maskmem_pos, lowres, sam_out)
+        return self._compact(maskmem, maskmem_pos, lowres, heads)
 
     @torch.inference_mode()
     def track_step(self, fpn: list[torch.Tensor], memory: dict[str, dict[int, dict]],
@@ -137,17 +158,32 @@ class Engine:
         """A slice conditioned on ``memory`` (SAM2's output_dict), then memory-encoded."""
         feats, pos, sizes = self.prepare(fpn)
         with autocast_for(self.device):
-            out, sam_out, _, _ = self.model._track_step(
-                frame_idx, False, feats, pos, sizes, None, None,
-                memory, num_frames, reverse, None,
-            )
+            heads = self._track(frame_idx=frame_idx, is_init_cond_frame=False, feats=feats,
+                                pos=pos, sizes=sizes, point_inputs=None, mask_inputs=None,
+                                output_dict=memory, num_frames=num_frames, reverse=reverse,
+                                prev_logits=None)
             # SAM2 encodes memory from the decoder's high-res masks (before hole filling)
             maskmem, maskmem_pos = self.model._encode_new_memory(
-                current_vision_feats=feats, feat_sizes=sizes, pred_masks_high_res=sam_out[4],
-                object_score_logits=sam_out[6], is_mask_from_pts=False,
+                current_vision_feats=feats, feat_sizes=sizes,
+                pred_masks_high_res=heads.high_res_masks,
+                object_score_logits=heads.object_score_logits, is_mask_from_pts=False,
             )
-        lowres = self._fill_holes(sam_out[3])
-        return self._compact(maskmem, maskmem_pos, lowres, sam_out)
+        lowres = self._fill_holes(heads.low_res_masks)
+        return self._compact(maskmem, maskmem_pos, lowres, heads)
+
+    def _track(self, *, frame_idx: int, is_init_cond_frame: bool, feats: list, pos: list,
+               sizes: list, point_inputs: dict | None, mask_inputs: torch.Tensor | None,
+               output_dict: dict, num_frames: int, reverse: bool,
+               prev_logits: torch.Tensor | None) -> SamHeads:
+        """SAM2's private ``_track_step``, called by keyword so that a sam2 update that
+        renames or reorders its parameters fails loudly instead of shifting them."""
+        _current_out, sam_outputs, _high_res_features, _pix_feat = self.model._track_step(
+            frame_idx=frame_idx, is_init_cond_frame=is_init_cond_frame,
+            current_vision_feats=feats, current_vision_pos_embeds=pos, feat_sizes=sizes,
+            point_inputs=point_inputs, mask_inputs=mask_inputs, output_dict=output_dict,
+            num_frames=num_frames, track_in_reverse=reverse, prev_sam_mask_logits=prev_logits,
+        )
+        return _sam_heads(sam_outputs)
 
     # ---- helpers -------------------------------------------------------------------
     def _point_inputs(self, prompt: Prompt, slice_shape: tuple[int, int]) -> dict:
@@ -182,10 +218,10 @@ class Engine:
         return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
     def _compact(self, maskmem: torch.Tensor, maskmem_pos: list[torch.Tensor],
-                 lowres: torch.Tensor, sam_out: tuple) -> StepOutput:
+                 lowres: torch.Tensor, heads: SamHeads) -> StepOutput:
         if self._maskmem_pos_enc is None:  # identical for every slice: keep one copy
             self._maskmem_pos_enc = [p[0:1].clone() for p in maskmem_pos]
-        ious, obj_ptr, score = sam_out[2], sam_out[5], sam_out[6]
+        ious, obj_ptr, score = heads.ious, heads.obj_ptr, heads.object_score_logits
         memory = {
             "maskmem_features": maskmem.to(torch.bfloat16),
             "maskmem_pos_enc": self._maskmem_pos_enc,

@@ -10,6 +10,14 @@ Corrections: a new prompt on any slice makes that slice a conditioning slice; th
 ``propagate`` re-runs only from the changed slices, and on slices that already had a
 result it stops as soon as the new mask matches the old one (``converge_iou``), so
 results elsewhere are kept.
+
+Undo: each prompt opens an undo entry that remembers, the first time each slice changes
+(the prompt's own slice, then every slice a propagation rewrites), what that slice held
+before; ``undo`` takes the last prompt back and restores those slices exactly, so the
+object is as it was just before that prompt.
+
+Threads: one thread (the model worker) changes a session. ``memory()`` may be read from
+any thread: it reads counters kept up to date by that one thread, never the dicts.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import torch
 from .engine import Engine, StepOutput, upsample_logits
 from .preprocess import axis_index, model_input, slice_shape
 from .prompts import Prompt, PromptError, check_slice_prompt, merge_points
+from .undo import SliceBefore, UndoEntry, UndoReport, tensor_nbytes
 
 Direction = Literal["both", "forward", "backward"]
 
@@ -76,6 +85,7 @@ class _AxisState:
     prompts: dict[int, Prompt] = field(default_factory=dict)
     cond: dict[int, StepOutput] = field(default_factory=dict)  # prompted slices' outputs
     lowres: dict[int, torch.Tensor] = field(default_factory=dict)  # last logits per slice
+    scores: dict[int, tuple[float, float]] = field(default_factory=dict)  # (iou, object score)
     pending: set[int] = field(default_factory=set)  # prompted since the last propagation
     # slices whose result came from a propagation that finished (not cancelled): only
     # these count as "had a result" when a correction decides where to stop
@@ -86,6 +96,7 @@ class _AxisState:
 class _Object:
     mask: np.ndarray  # bool volume
     axes: dict[str, _AxisState] = field(default_factory=dict)
+    undo: list[UndoEntry] = field(default_factory=list)  # oldest first
 
 
 class Cancelled(Exception):
@@ -93,18 +104,28 @@ class Cancelled(Exception):
 
 
 class Session:
-    """State for one preprocessed uint8 volume: feature cache, objects, results."""
+    """State for one preprocessed uint8 volume: feature cache, objects, results.
 
-    def __init__(self, engine: Engine, volume_u8: np.ndarray) -> None:
+    ``undo_depth``: prompts per object that ``undo`` can take back (older ones are forgotten).
+    """
+
+    def __init__(self, engine: Engine, volume_u8: np.ndarray, *, undo_depth: int = 16) -> None:
         if volume_u8.ndim != 3 or volume_u8.dtype != np.uint8:
             raise ValueError("a session needs a 3D uint8 volume (see preprocess.window_to_uint8)")
         if min(volume_u8.shape) < 1:
             raise ValueError(f"empty volume shape {volume_u8.shape}")
+        if undo_depth < 0:
+            raise ValueError(f"undo_depth must be >= 0, got {undo_depth}")
         self.engine = engine
         self.volume = volume_u8
         self.shape: tuple[int, int, int] = tuple(volume_u8.shape)  # type: ignore[assignment]
         self.cache = engine.new_cache()
+        self.undo_depth = undo_depth
         self._objects: dict[int, _Object] = {}
+        # kept by the model thread, read by any (see memory())
+        self._object_count = 0
+        self._logits_bytes = 0
+        self._undo_bytes = 0
 
     # ---- queries -------------------------------------------------------------------
     @property
@@ -123,6 +144,21 @@ class Session:
         state = self._object(object_id).axes.get(axis)
         lowres = state.lowres.get(index) if state else None
         return None if lowres is None else upsample_logits(lowres, self.slice_shape(axis))
+
+    def slice_scores(self, object_id: int, axis: str, index: int) -> tuple[float, float] | None:
+        """(iou, object score) of the slice's latest result (None if never computed)."""
+        state = self._object(object_id).axes.get(axis)
+        return state.scores.get(index) if state else None
+
+    def undo_left(self, object_id: int) -> int:
+        """Prompts of the object that ``undo`` can take back."""
+        return len(self._object(object_id).undo)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this session holds, by kind. Safe from any thread: counters only."""
+        return {"volumes": int(self.volume.nbytes), "features": int(self.cache.nbytes),
+                "masks": self._object_count * int(self.volume.size),
+                "logits": self._logits_bytes, "undo": self._undo_bytes}
 
     def slice_shape(self, axis: str) -> tuple[int, int]:
         return slice_shape(self.shape, axis)
@@ -158,9 +194,15 @@ class Session:
         out = self.engine.prompt_step(self._features(axis, index), merged, rows_cols,
                                       index, self.num_slices(axis), prev)
         # only now, after the model ran, change state: a failure leaves nothing half-done
+        created_object = obj is None
         if obj is None:
             obj = self._objects[object_id] = _Object(mask=np.zeros(self.shape, dtype=bool))
+            self._object_count += 1
+        created_axis = axis not in obj.axes
         state = obj.axes.setdefault(axis, _AxisState())
+        self._open_undo(obj, UndoEntry(
+            axis, index, _kind(prompt), state.prompts.get(index), state.cond.get(index),
+            set(state.pending), set(state.settled), created_object, created_axis))
         state.prompts[index] = merged
         state.cond[index] = out
         state.pending.add(index)
@@ -168,8 +210,46 @@ class Session:
         return result
 
     def remove_object(self, object_id: int) -> None:
-        self._object(object_id)
+        obj = self._object(object_id)
         del self._objects[object_id]
+        self._object_count -= 1
+        self._logits_bytes -= sum(tensor_nbytes(t) for st in obj.axes.values()
+                                  for t in st.lowres.values())
+        self._undo_bytes -= sum(e.nbytes for e in obj.undo)
+
+    def undo(self, object_id: int) -> UndoReport:
+        """Take back the object's last prompt: that slice, and every slice changed since
+        (by propagations), become exactly what they were before it; so do the object's
+        prompts and what the next ``propagate`` starts from. An object that the prompt
+        created is removed. PromptError when there is nothing to take back."""
+        obj = self._object(object_id)
+        if not obj.undo:
+            raise PromptError(f"object {object_id} has no prompt to undo (at most the last "
+                              f"{self.undo_depth} prompts of an object can be taken back)")
+        entry = obj.undo.pop()
+        self._undo_bytes -= entry.nbytes
+        slices = sorted(entry.slices)
+        if entry.created_object:
+            self.remove_object(object_id)
+            return UndoReport(object_id, entry.axis, entry.index, entry.kind, slices, True, 0)
+        state = obj.axes[entry.axis]
+        for index, before in entry.slices.items():
+            before.restore_into(self._slice_view(obj, entry.axis, index))
+            self._set_lowres(state, index, before.lowres)
+            if before.scores is None:
+                state.scores.pop(index, None)
+            else:
+                state.scores[index] = before.scores
+        for store, value in ((state.prompts, entry.prompt), (state.cond, entry.cond)):
+            if value is None:
+                store.pop(entry.index, None)
+            else:
+                store[entry.index] = value
+        state.pending, state.settled = entry.pending, entry.settled
+        if entry.created_axis:  # every slice it touched is restored: nothing is left there
+            del obj.axes[entry.axis]
+        return UndoReport(object_id, entry.axis, entry.index, entry.kind, slices, False,
+                          len(obj.undo))
 
     def plan_propagation(self, object_id: int, axis: str | None = None, *,
                          direction: Direction = "both", start: int | None = None,
@@ -288,9 +368,31 @@ class Session:
                out: StepOutput) -> SliceResult:
         mask = out.mask(self.slice_shape(axis))
         view = self._slice_view(obj, axis, index)
+        entry = obj.undo[-1] if obj.undo else None
+        if entry is not None and index not in entry.slices:  # what undo gives back
+            before = SliceBefore.of(view, state.lowres.get(index), state.scores.get(index))
+            entry.slices[index] = before
+            entry.nbytes += before.nbytes
+            self._undo_bytes += before.nbytes
         view[...] = mask
-        state.lowres[index] = out.lowres
+        self._set_lowres(state, index, out.lowres)
+        state.scores[index] = (out.iou, out.object_score)
         return SliceResult(object_id, axis, index, mask, out.iou, out.object_score)
+
+    def _set_lowres(self, state: _AxisState, index: int, lowres: torch.Tensor | None) -> None:
+        old = state.lowres.pop(index, None)
+        if old is not None:
+            self._logits_bytes -= tensor_nbytes(old)
+        if lowres is not None:
+            state.lowres[index] = lowres
+            self._logits_bytes += tensor_nbytes(lowres)
+
+    def _open_undo(self, obj: _Object, entry: UndoEntry) -> None:
+        if self.undo_depth == 0:
+            return
+        obj.undo.append(entry)
+        while len(obj.undo) > self.undo_depth:  # forget the oldest prompt's history
+            self._undo_bytes -= obj.undo.pop(0).nbytes
 
     def _emit(self, progress: Callable[[SliceResult], None] | None, object_id: int, axis: str,
               index: int, out: StepOutput, obj: _Object) -> None:
@@ -320,6 +422,10 @@ class Session:
         if len(axes) != 1:
             raise PromptError(f"object {object_id} has prompts on axes {axes}: name the axis")
         return axes[0]
+
+
+def _kind(prompt: Prompt) -> str:
+    return "mask" if prompt.is_mask else "box" if prompt.box is not None else "points"
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -24,11 +24,13 @@ from medsam_client.protocol import (
     Health,
     Info,
     JobInfo,
+    Lease,
     ObjectMask,
     PromptRequest,
     PropagateRequest,
     SessionInfo,
     SliceUpdate,
+    Undone,
     VolumeMeta,
     array_nbytes,
 )
@@ -118,12 +120,16 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
     bearer = HTTPBearer(auto_error=False, description="the token the server was started with")
 
     def session_dep(sid: str) -> ServiceSession:
-        return service.sessions.get(sid)
+        return service.sessions.get(sid)  # work: renews the idle clock and the lease
+
+    def session_read_dep(sid: str) -> ServiceSession:
+        return service.sessions.get(sid, work=False)  # renews nothing
 
     def job_dep(jid: str) -> Job:
         return service.jobs.get(jid)
 
     SessionDep = Annotated[ServiceSession, Depends(session_dep)]
+    SessionReadDep = Annotated[ServiceSession, Depends(session_read_dep)]
     JobDep = Annotated[Job, Depends(job_dep)]
 
     @app.get("/health", response_model=Health)
@@ -171,8 +177,12 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
             service.sessions.end_upload(s)
 
     @api.get("/sessions/{sid}", response_model=SessionInfo)
-    async def get_session(s: SessionDep) -> SessionInfo:
-        return service.session_info(s)
+    async def get_session(s: SessionReadDep) -> SessionInfo:
+        return service.session_info(s)  # the time left, as it is: a read renews nothing
+
+    @api.post("/sessions/{sid}/heartbeat", response_model=Lease)
+    async def heartbeat(s: SessionReadDep) -> Lease:
+        return service.heartbeat(s)  # the lease only: a heartbeat is no work
 
     @api.delete("/sessions/{sid}", response_model=Deleted)
     async def delete_session(s: SessionDep) -> Deleted:
@@ -193,6 +203,10 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
     def object_mask(oid: int, s: SessionDep) -> ObjectMask:  # sync: runs in the threadpool
         return service.object_mask(s, oid)
 
+    @api.post("/sessions/{sid}/objects/{oid}/undo", response_model=Undone)
+    async def undo(oid: int, s: SessionDep) -> Undone:
+        return await asyncio.shield(asyncio.wrap_future(service.undo(s, oid)))
+
     @api.delete("/sessions/{sid}/objects/{oid}", response_model=Deleted)
     async def delete_object(oid: int, s: SessionDep) -> Deleted:
         return await asyncio.shield(asyncio.wrap_future(service.delete_object(s, oid)))
@@ -201,6 +215,7 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
     async def job_status(job: JobDep, since: Annotated[int, Query(ge=0)] = 0,
                          wait: Annotated[float, Query(ge=0)] = 0.0) -> JobInfo:
         job.info(since)  # a bad ``since`` fails now, not after the wait
+        service.sessions.touch(job.session_id)  # its client is polling: alive, and at work
         await job.wait(since, min(wait, config.max_wait_s))
         service.sessions.touch(job.session_id)
         return job.info(since)

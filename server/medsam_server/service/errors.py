@@ -30,10 +30,11 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
-class SessionNotFound(NotFound):
-    """The session is unknown: closed, expired, or lost in a server restart (404)."""
+class SessionGone(NotFound):
+    """The session is unknown: closed, expired (idle, or its client's lease lapsed), or
+    lost in a server restart (404). The client uploads the volume again."""
 
-    code = "session_not_found"
+    code = "session_gone"
 
 
 class ObjectNotFound(NotFound):
@@ -42,10 +43,10 @@ class ObjectNotFound(NotFound):
     code = "object_not_found"
 
 
-class JobNotFound(NotFound):
+class JobGone(NotFound):
     """The propagation job is unknown or was forgotten after finishing (404)."""
 
-    code = "job_not_found"
+    code = "job_gone"
 
 
 class WrongState(ServiceError):

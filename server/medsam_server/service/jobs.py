@@ -3,6 +3,10 @@
 A job's state goes queued → running → done | cancelled | failed. The model worker
 appends one ``SliceUpdate`` per finished slice; readers take ``updates[since:]`` and
 may wait (asynchronously, no thread held) until there is something new.
+
+A job id is ``<session id>.<token>``: a proxy routes ``/jobs/{jid}`` by the same key as
+the session's own routes (see sessions.new_session_id). A job holds its session through
+a ``Claim`` given when it becomes the session's job (claims.SessionWork.claim_job).
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from medsam_client.protocol import ErrorBody, JobInfo, PropagateRequest, SliceUpdate
 
-from .errors import BadInput, JobNotFound
+from .claims import Claim
+from .errors import BadInput, JobGone
 
 log = logging.getLogger(__name__)
 FINISHED = ("done", "cancelled", "failed")
@@ -35,10 +39,14 @@ class Job:
     error: ErrorBody | None = None
     finished_at: float | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
-    # called once when the job stops holding its session (finished, or cancelled in queue)
-    on_release: Callable[[], None] | None = None
+    # its hold on the session, released once when the job ends (or is cancelled in queue)
+    claim: Claim | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list)
+
+    def attach_claim(self, claim: Claim) -> None:
+        """Called by SessionWork.claim_job, before anyone else can see the job."""
+        self.claim = claim
 
     # ---- called by the worker ------------------------------------------------------
     def start(self) -> bool:
@@ -74,9 +82,8 @@ class Job:
         self._notify()
 
     def _release(self) -> None:  # with self._lock held
-        callback, self.on_release = self.on_release, None
-        if callback is not None:
-            callback()
+        if self.claim is not None:
+            self.claim.release()  # idempotent
 
     # ---- called by request handlers ------------------------------------------------
     def cancel(self) -> None:
@@ -127,12 +134,16 @@ class JobStore:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def create(self, session_id: str, request: PropagateRequest, axes: dict[int, str],
-               total_slices: int) -> Job:
-        job = Job(secrets.token_urlsafe(12), session_id, request, axes, total_slices)
+    @staticmethod
+    def new(session_id: str, request: PropagateRequest, axes: dict[int, str],
+            total_slices: int) -> Job:
+        """A job not yet known to anyone: claim its session, then ``add`` it."""
+        return Job(f"{session_id}.{secrets.token_urlsafe(9)}", session_id, request, axes,
+                   total_slices)
+
+    def add(self, job: Job) -> None:
         with self._lock:
             self._jobs[job.job_id] = job
-        return job
 
     def discard(self, job_id: str) -> None:
         with self._lock:
@@ -142,7 +153,7 @@ class JobStore:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            raise JobNotFound(f"unknown job {job_id!r} (finished jobs are kept "
+            raise JobGone(f"unknown job {job_id!r} (finished jobs are kept "
                               f"{self.keep_s:g} s); start a new one with POST .../propagate")
         return job
 

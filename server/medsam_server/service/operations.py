@@ -4,6 +4,11 @@ Requests are checked here so bad input fails at once with a reason instead of fa
 later in a job. Checks that read an engine Session's objects (which the model worker
 changes) run on the worker, as an urgent item the request waits for; model work then
 goes to the same worker.
+
+Every work item holds a ``Claim`` on its session (claims.py) from the moment the request
+is accepted until the item has run (or was refused), in a ``try/finally``; a job holds
+its own claim from the moment it exists, so a session closed at any point in between
+(deleted, expired, lease lapsed, server shutting down) never stays pinned.
 """
 
 from __future__ import annotations
@@ -14,18 +19,22 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 
+import numpy as np
 from medsam_client.protocol import (
+    CAPABILITIES,
     MASK_DTYPES,
     PROTOCOL_VERSION,
     Deleted,
     ErrorBody,
     Info,
     JobInfo,
+    Lease,
     ObjectMask,
     PromptRequest,
     PropagateRequest,
     SessionInfo,
     SliceUpdate,
+    Undone,
     VolumeMeta,
     available_encodings,
     crop_mask,
@@ -41,7 +50,7 @@ from .config import ServiceConfig
 from .errors import (
     BadInput,
     ObjectNotFound,
-    SessionNotFound,
+    SessionGone,
     TooManyObjects,
     Unavailable,
     WrongState,
@@ -109,7 +118,7 @@ class Service:
     def _sweep(self) -> None:
         while not self._stop.wait(self.config.sweep_interval_s):
             try:
-                self.sessions.expire_idle()
+                self.sessions.expire()
                 self.jobs.prune()
                 self.sessions.enforce_budget()
             except Exception:  # keep sweeping; a bug here must not stop expiry
@@ -120,11 +129,13 @@ class Service:
                     checkpoint_sha256=self.config.checkpoint_sha256,
                     device=str(self.engine.device), sessions=len(self.sessions),
                     jobs_queued=self.jobs.pending(), memory=self.sessions.memory(),
-                    limits=self.config.limits(), encodings=list(available_encodings()))
+                    limits=self.config.limits(), encodings=list(available_encodings()),
+                    capabilities=list(CAPABILITIES), replica=self.config.replica,
+                    warm_start_s=self.config.warm_start_s)
 
     # ---- sessions ------------------------------------------------------------------
     def session_info(self, s: ServiceSession) -> SessionInfo:
-        return s.info(self.config.idle_timeout_s)
+        return self.sessions.session_info(s)
 
     def create_session(self, meta: VolumeMeta) -> SessionInfo:
         return self.session_info(self.sessions.create(meta))
@@ -134,16 +145,18 @@ class Service:
         self.sessions.upload(s, body, begun=begun)
         return self.session_info(s)
 
+    def heartbeat(self, s: ServiceSession) -> Lease:
+        return self.sessions.heartbeat(s)
+
     def delete_session(self, s: ServiceSession) -> Deleted:
-        job_id = s.job_id
-        self.sessions.remove(s, "deleted by the client")
-        if job_id is not None:
-            self.jobs.get(job_id).cancel()
+        self.sessions.remove(s, "deleted by the client")  # cancels its job
         return Deleted(s.session_id)
 
     def _ready(self, s: ServiceSession) -> Session:
         es = s.session
         if es is None:
+            if s.closed:
+                raise SessionGone(f"session {s.session_id} was closed")
             raise WrongState(f"session {s.session_id} has no volume yet; upload it first with "
                              f"PUT /sessions/{s.session_id}/volume")
         return es
@@ -153,26 +166,20 @@ class Service:
         """Queue a prompt ahead of propagation work; the Future gives its SliceUpdate."""
         es = self._ready(s)
         prompt = prompt_from_request(req, es)
-        self.sessions.claim(s)
 
         def run() -> SliceUpdate:
-            try:
-                if s.closed:
-                    raise SessionNotFound(f"session {s.session_id} was closed")
-                new = req.object_id not in es.object_ids
-                if new and len(es.object_ids) >= self.config.max_objects:
-                    raise TooManyObjects(
-                        f"session {s.session_id} holds its maximum of {self.config.max_objects} "
-                        "objects; delete one (DELETE /sessions/{sid}/objects/{oid}) first")
-                result = es.add_prompt(req.object_id, req.axis, req.index, prompt)
-                update = slice_update(result)
-            finally:
-                self.sessions.release(s)
+            self._still_open(s)
+            new = req.object_id not in es.object_ids
+            if new and len(es.object_ids) >= self.config.max_objects:
+                raise TooManyObjects(
+                    f"session {s.session_id} holds its maximum of {self.config.max_objects} "
+                    "objects; delete one (DELETE /sessions/{sid}/objects/{oid}) first")
+            update = slice_update(es.add_prompt(req.object_id, req.axis, req.index, prompt))
             if new:  # a new mask volume: keep the sessions under the memory budget
                 self.sessions.enforce_budget(protect=s)
             return update
 
-        return self._submit(run, urgent=True, s=s)
+        return self._submit_claimed(s, run)
 
     def object_mask(self, s: ServiceSession, object_id: int) -> ObjectMask:
         es = self._ready(s)
@@ -187,29 +194,75 @@ class Service:
     def delete_object(self, s: ServiceSession, object_id: int) -> Future:
         es = self._ready(s)
         self._require_object(s, es, object_id)
-        self.sessions.claim(s)
 
         def run() -> Deleted:
-            try:
-                self._require_object(s, es, object_id)
-                es.remove_object(object_id)
-                return Deleted(str(object_id))
-            finally:
-                self.sessions.release(s)
+            self._still_open(s)
+            self._require_object(s, es, object_id)
+            es.remove_object(object_id)
+            return Deleted(str(object_id))
 
-        return self._submit(run, urgent=True, s=s)
+        return self._submit_claimed(s, run)
+
+    def undo(self, s: ServiceSession, object_id: int) -> Future:
+        """Take back the object's last prompt (on the worker); the Future gives Undone."""
+        es = self._ready(s)
+        self._require_object(s, es, object_id)
+
+        def run() -> Undone:
+            self._still_open(s)
+            self._require_object(s, es, object_id)
+            if es.undo_left(object_id) == 0:
+                raise WrongState(f"object {object_id} has no prompt left to undo (the last "
+                                 f"{self.config.undo_depth} prompts of an object can be "
+                                 "taken back)")
+            report = es.undo(object_id)
+            rows_cols = es.slice_shape(report.axis)
+            updates = []
+            for index in report.slices:
+                if report.object_removed:
+                    mask, scores = np.zeros(rows_cols, bool), None
+                else:
+                    mask = es.slice_mask(object_id, report.axis, index)
+                    scores = es.slice_scores(object_id, report.axis, index)
+                iou, score = scores if scores is not None else (0.0, 0.0)
+                updates.append(SliceUpdate(object_id, report.axis, index,  # type: ignore[arg-type]
+                                           _finite(iou), _finite(score),
+                                           crop_mask(mask, RESPONSE_ENCODING)))
+            log.info("session %s: object %d: undid the %s on slice %d (%d slices restored%s)",
+                     s.session_id, object_id, report.kind, report.index, len(updates),
+                     ", object removed" if report.object_removed else "")
+            return Undone(object_id, report.axis, report.index, report.kind,  # type: ignore[arg-type]
+                          report.object_removed, report.undo_left, updates)
+
+        return self._submit_claimed(s, run)
 
     def _require_object(self, s: ServiceSession, es: Session, object_id: int) -> None:
         if object_id not in es.object_ids:
             raise ObjectNotFound(f"session {s.session_id} has no object {object_id}; its objects: "
-                           f"{es.object_ids}")
+                                 f"{es.object_ids}")
 
-    def _submit(self, fn: Callable[[], object], *, urgent: bool, s: ServiceSession,
-                undo: Callable[[], None] | None = None) -> Future:
+    @staticmethod
+    def _still_open(s: ServiceSession) -> None:
+        if s.closed:
+            raise SessionGone(f"session {s.session_id} was closed")
+
+    def _submit_claimed(self, s: ServiceSession, fn: Callable[[], object]) -> Future:
+        """Claim ``s`` (refused at once if it is busy or closed), then run ``fn`` on the
+        worker ahead of jobs; the claim is released whatever becomes of it."""
+        claim = s.work.claim()
+
+        def run() -> object:
+            try:
+                return fn()
+            finally:
+                claim.release()
+                # idle counts from the end of the work (a slow prompt is not idle time)
+                self.sessions.touch(s.session_id, client=False)
+
         try:
-            return self.worker.submit(fn, urgent=urgent, tag=s.session_id)
-        except Unavailable:  # shutting down: give back what the caller claimed
-            (undo or (lambda: self.sessions.release(s)))()
+            return self.worker.submit(run, urgent=True, tag=s.session_id)
+        except Unavailable:  # shutting down: give back what was claimed
+            claim.release()
             raise
 
     # ---- propagation ---------------------------------------------------------------
@@ -223,33 +276,27 @@ class Service:
             raise BadInput(f"object_ids {req.object_ids} names an object twice")
         if not math.isfinite(req.converge_iou):
             raise BadInput("converge_iou must be a finite number")
-        self.sessions.claim(s)  # refuses at once if the session is busy with a job
 
-        def plan() -> JobInfo:
+        def plan() -> JobInfo:  # on the worker, holding the plan's own claim
+            self._still_open(s)
+            axes, total = self._plan(s, es, req)
+            job = self.jobs.new(s.session_id, req, axes, total)
+            s.work.claim_job(job)  # busy or closed: refused, and the job never existed
+            # from here on the job releases its own claim when it ends or is cancelled
+            self.jobs.add(job)
             try:
-                if s.closed:
-                    raise SessionNotFound(f"session {s.session_id} was closed")
-                axes, total = self._plan(s, es, req)
-                job = self.jobs.create(s.session_id, req, axes, total)
-                try:
-                    self.sessions.claim(s, job.job_id)
-                except Exception:
-                    self.jobs.discard(job.job_id)  # busy or closed: this job never existed
-                    raise
-            finally:
-                self.sessions.release(s)
-            job.on_release = lambda: self.sessions.release(s, job.job_id)
-
-            def undo() -> None:
-                job.release()
+                self.worker.submit(lambda: self._run_job(s, es, job), urgent=False,
+                                   tag=s.session_id)
+            except Unavailable:  # shutting down: this job never runs
+                job.cancel()  # releases its claim
                 self.jobs.discard(job.job_id)
-
-            self._submit(lambda: self._run_job(s, es, job), urgent=False, s=s, undo=undo)
+                raise
             log.info("session %s: job %s propagates objects %s (%d slices at most)",
                      s.session_id, job.job_id, req.object_ids, total)
             return job.info()
 
-        return self._submit(plan, urgent=True, s=s)
+        # refused at once if the session is busy with a job
+        return self._submit_claimed(s, plan)
 
     def _plan(self, s: ServiceSession, es: Session, req: PropagateRequest
               ) -> tuple[dict[int, str], int]:
@@ -273,7 +320,8 @@ class Service:
 
         def progress(result: SliceResult) -> None:
             job.add_update(slice_update(result))
-            self.sessions.touch(s.session_id)
+            # server-side work: keeps the session from idling, never renews the lease
+            self.sessions.touch(s.session_id, client=False)
             self.worker.run_urgent(skip_tag=s.session_id)  # other users' prompts go first
 
         try:
@@ -295,4 +343,5 @@ class Service:
                                                        "its log has the details"))
         finally:
             job.release()  # idempotent: finish() released already unless it raised
+            self.sessions.touch(s.session_id, client=False)
             self.sessions.enforce_budget()

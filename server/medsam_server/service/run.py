@@ -1,4 +1,10 @@
-"""``medsam-server serve``: load the model once, then serve it over HTTP with uvicorn."""
+"""``medsam-server serve``: load the model once, warm it up, then serve it over HTTP (uvicorn).
+
+Warm start: before the server answers anything (``/health`` included), one dummy prompt
+and one tracking step run on the model's device, so the lazy work of a first call (CUDA
+context and cuDNN plans, the allocator's first blocks, oneDNN primitives on CPU) is not
+paid by the first user's first box. It leaves no state behind: results are the same.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from ..checkpoints import resolve_checkpoint, sha256_file
 from ..engine import DEFAULT_FEATURE_CACHE_BYTES, Engine
+from ..prompts import Prompt
+from ..session import Session
 from .config import MB, ServiceConfig
 
 ENV_TOKEN = "MEDSAM_TOKEN"
@@ -119,6 +129,22 @@ def _exit_like_sigterm() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def warm_up(engine: Engine) -> float:
+    """One prompt and one tracking step on a dummy 2-slice volume (a throw-away session
+    and cache); returns the seconds it took, the device synchronised."""
+    t0 = time.perf_counter()
+    volume = np.zeros((2, 64, 64), np.uint8)
+    volume[:, 16:48, 16:48] = 200  # something for the decoder and memory encoder to find
+    session = Session(engine, volume, undo_depth=0)
+    session.add_prompt(1, "k", 0, Prompt(box=(16.0, 16.0, 48.0, 48.0)))
+    session.propagate(1, "k", direction="forward")
+    if engine.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(engine.device)
+    return time.perf_counter() - t0
+
+
 def serve(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get(ENV_TOKEN, "")
     if not token:
@@ -135,6 +161,8 @@ def serve(args: argparse.Namespace) -> int:
     budget = args.memory_budget_mb * MB
     try:  # every limit checked before the port is bound and the model loaded
         config = ServiceConfig(token=token, idle_timeout_s=args.idle_timeout,
+                               lease_timeout_s=getattr(args, "lease_timeout", 60.0),
+                               replica=getattr(args, "replica", None) or "",
                                memory_budget_bytes=budget,
                                max_upload_bytes=args.max_upload_mb * MB)
     except ValueError as exc:
@@ -166,8 +194,14 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, sock: socket.socket)
     engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
                                     feature_cache_bytes=min(DEFAULT_FEATURE_CACHE_BYTES,
                                                             budget // 2))
+    warm_s = None
+    if getattr(args, "warm_start", True):
+        warm_s = warm_up(engine)
+        log.info("warm start: a dummy prompt and tracking step on %s took %.2f s",
+                 engine.device, warm_s)
     config = dataclasses.replace(config, model_name=checkpoint.stem,
-                                 checkpoint_sha256=_checkpoint_sha256(checkpoint))
+                                 checkpoint_sha256=_checkpoint_sha256(checkpoint),
+                                 warm_start_s=warm_s)
     app = create_app(config, engine, worker_thread=False)
     service = app.state.service
     host, port = sock.getsockname()[:2]
@@ -184,9 +218,11 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, sock: socket.socket)
         app, log_config=None, access_log=False, server_header=False, lifespan="off",
         limit_concurrency=256, timeout_keep_alive=5, timeout_graceful_shutdown=5,
         proxy_headers=False))
-    log.info("serving %s on %s (%s), memory budget %d MB, idle timeout %g s", checkpoint.name,
-             engine.device, "loopback" if _is_loopback(sock) else "NETWORK",
-             args.memory_budget_mb, args.idle_timeout)
+    log.info("serving %s on %s (%s)%s, memory budget %d MB, idle timeout %g s, lease timeout "
+             "%g s", checkpoint.name, engine.device,
+             "loopback" if _is_loopback(sock) else "NETWORK",
+             f", replica {config.replica}" if config.replica else "", args.memory_budget_mb,
+             config.idle_timeout_s, config.lease_timeout_s)
 
     def run_http() -> None:
         try:

@@ -1,11 +1,22 @@
-"""The session registry: volumes in, idle sessions out, memory kept under a budget.
+"""The session registry: volumes in, idle and abandoned sessions out, memory under a budget.
 
-A ``ServiceSession`` is one client's volume on this server. It is *active* while model
-work for it is queued or running (``active`` > 0); active sessions are never expired
-nor have their feature cache trimmed, because the model worker uses them without a
-lock. A session whose volume is being uploaded (``uploading``) is never expired either,
-and the voxels it announced count against the memory budget from the moment the upload
-begins. Everything else here happens under the registry lock.
+A ``ServiceSession`` is one client's volume on this server. Two clocks close it:
+
+- *idle* (``last_used``, ``--idle-timeout``): no work for that long (uploads, prompts,
+  propagations and their polls, undo, mask reads, deletions). A session at work is never
+  idle-closed: a long job keeps it.
+- *lease* (``last_seen``, ``--lease-timeout``), for sessions whose client asked for one
+  (``VolumeMeta.lease``): the client heartbeats; silent for the lease timeout, it is taken
+  to be gone (crashed, killed, unplugged) and the session is closed even with work in
+  flight: its job is cancelled and its memory freed when the model worker lets go of it.
+  Any request of the client renews the lease; work the server does on its own (a job's
+  progress) does not, and ``GET /sessions/{sid}`` renews nothing (it reports the time left).
+
+Its ``work`` (claims.SessionWork) says whether the model worker is using it: sessions at
+work are never idle-closed nor have their feature cache trimmed, because the worker
+uses them without a lock. A session whose volume is being uploaded (``uploading``) is
+closed by neither clock, and the voxels it announced count against the memory budget
+from the moment the upload begins. Everything else here happens under the registry lock.
 """
 
 from __future__ import annotations
@@ -17,11 +28,12 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from medsam_client.protocol import (
     VOLUME_DTYPES,
+    Lease,
     SessionInfo,
     VolumeMeta,
     array_nbytes,
@@ -34,12 +46,12 @@ from medsam_client.protocol import (
 from ..engine import Engine
 from ..preprocess import window_to_uint8
 from ..session import Session
+from .claims import SessionWork
 from .config import ServiceConfig
 from .errors import (
     BadInput,
-    Busy,
     OutOfMemory,
-    SessionNotFound,
+    SessionGone,
     TooLarge,
     TooManySessions,
     WrongState,
@@ -53,41 +65,55 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class ServiceSession:
     session_id: str
     meta: VolumeMeta
-    last_used: float
+    last_used: float  # idle clock: the last work
+    last_seen: float  # lease clock: the last word from the client
+    lease: bool = False  # the client heartbeats; closed when it falls silent
     session: Session | None = None  # the engine session, once the volume is uploaded
     uploading: bool = False
-    active: int = 0  # queued or running work items (prompts, jobs, deletions)
-    job_id: str | None = None  # the queued or running propagation job
-    closed: bool = False  # deleted or expired; work still holding it sees this
+    work: SessionWork = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.work = SessionWork(self.session_id, self._free)
+
+    def _free(self) -> None:  # closed and no work left: the memory goes now
+        self.session = None
+
+    @property
+    def closed(self) -> bool:
+        return self.work.closed
 
     @property
     def state(self) -> str:
         return "ready" if self.session is not None else "awaiting_volume"
 
-    def info(self, idle_timeout_s: float) -> SessionInfo:
+    def info(self, config: ServiceConfig, now: float) -> SessionInfo:
         es = self.session
+        lease_timeout, lease_left, idle_left = self.time_left(config, now)
         return SessionInfo(self.session_id, self.state, list(self.meta.shape),  # type: ignore[arg-type]
-                           self.meta.sha256, es.object_ids if es else [], idle_timeout_s)
+                           self.meta.sha256, es.object_ids if es else [],
+                           config.idle_timeout_s, lease_timeout, lease_left, idle_left)
+
+    def time_left(self, config: ServiceConfig, now: float
+                  ) -> tuple[float | None, float | None, float]:
+        """(lease timeout, lease left, idle left) in seconds; lease ones None without a lease."""
+        idle_left = max(0.0, config.idle_timeout_s - (now - self.last_used))
+        if not self.lease:
+            return None, None, idle_left
+        return (config.lease_timeout_s,
+                max(0.0, config.lease_timeout_s - (now - self.last_seen)), idle_left)
 
     def memory(self) -> dict[str, int]:
-        """Bytes held, by kind; ``uploads``: the voxels an upload in progress announced."""
+        """Bytes held, by kind (the engine session's own report); ``uploads``: the voxels
+        an upload in progress announced."""
         es = self.session
         if es is None:
             upload = array_nbytes(self.meta.shape, self.meta.dtype) if self.uploading else 0
-            return {"volumes": 0, "features": 0, "masks": 0, "logits": 0, "uploads": upload}
-        return {"volumes": int(es.volume.nbytes), "features": int(es.cache.nbytes),
-                "masks": len(es.object_ids) * int(es.volume.size),
-                "logits": _logits_nbytes(es), "uploads": 0}
+            return {**dict.fromkeys(MEMORY_KINDS, 0), "uploads": upload}
+        return {**es.memory(), "uploads": 0}
 
 
-def _logits_nbytes(es: Session) -> int:
-    """The low-res logits the engine keeps per object, axis and slice."""
-    total = 0
-    for obj in list(es._objects.values()):  # read from other threads: copy the views
-        for state in list(obj.axes.values()):
-            for t in list(state.lowres.values()):
-                total += t.numel() * t.element_size()
-    return total
+# what ServiceSession.memory reports, upload aside (Session.memory's keys)
+MEMORY_KINDS = ("volumes", "features", "masks", "logits", "undo")
 
 
 def check_meta(meta: VolumeMeta, config: ServiceConfig) -> None:
@@ -155,27 +181,52 @@ class SessionRegistry:
             if len(self._sessions) >= self.config.max_sessions:
                 raise TooManySessions(f"this server holds its maximum of {self.config.max_sessions}"
                                       " sessions; close unused ones (DELETE /sessions/{id})")
-            sid = secrets.token_urlsafe(12)
-            s = self._sessions[sid] = ServiceSession(sid, meta, self.clock())
-        log.info("session %s created: %s %s %s", sid, meta.dtype, meta.shape, meta.modality)
+            sid = new_session_id(self.config.replica)
+            now = self.clock()
+            s = self._sessions[sid] = ServiceSession(sid, meta, now, now, lease=meta.lease)
+        log.info("session %s created: %s %s %s%s", sid, meta.dtype, meta.shape, meta.modality,
+                 f", lease {self.config.lease_timeout_s:g} s" if meta.lease else "")
         return s
 
-    def get(self, session_id: str) -> ServiceSession:
+    def get(self, session_id: str, *, work: bool = True) -> ServiceSession:
+        """The session; ``work``: this request is work (renews both clocks), else it
+        renews nothing (a status read)."""
         with self.lock:
             s = self._sessions.get(session_id)
             if s is None:
-                raise SessionNotFound(
-                    f"unknown session {session_id!r}: it may have expired (after "
-                    f"{self.config.idle_timeout_s:g} s idle), been closed, or the server "
-                    "restarted; upload the volume again (POST /sessions)")
-            s.last_used = self.clock()
+                raise SessionGone(
+                    f"unknown session {session_id!r}: it was closed, expired (after "
+                    f"{self.config.idle_timeout_s:g} s without work, or "
+                    f"{self.config.lease_timeout_s:g} s without a word from its client), or "
+                    "the server restarted; upload the volume again (POST /sessions)")
+            if work:
+                s.last_used = s.last_seen = self.clock()
             return s
 
-    def touch(self, session_id: str) -> None:
+    def heartbeat(self, s: ServiceSession) -> Lease:
+        """The client is alive: renew the lease (not the idle clock: a heartbeat is no work).
+        A session made without a lease gets one from its first heartbeat."""
+        with self.lock:
+            if s.closed:
+                raise SessionGone(f"session {s.session_id} was closed")
+            s.lease = True
+            now = s.last_seen = self.clock()
+            lease_timeout, lease_left, idle_left = s.time_left(self.config, now)
+        return Lease(s.session_id, lease_timeout, lease_left, idle_left)  # type: ignore[arg-type]
+
+    def touch(self, session_id: str, *, client: bool = True) -> None:
+        """Work on the session: renews the idle clock, and the lease when ``client`` (the
+        request came from its client, not from the server's own job progress)."""
         with self.lock:
             s = self._sessions.get(session_id)
             if s is not None:
                 s.last_used = self.clock()
+                if client:
+                    s.last_seen = s.last_used
+
+    def session_info(self, s: ServiceSession) -> SessionInfo:
+        with self.lock:
+            return s.info(self.config, self.clock())
 
     def begin_upload(self, s: ServiceSession) -> None:
         """Mark ``s`` uploading (before its body is read): a second upload is refused at
@@ -185,10 +236,10 @@ class SessionRegistry:
         with self.lock:
             self.require_awaiting_volume(s)
             if s.closed:
-                raise SessionNotFound(f"session {s.session_id} was closed")
+                raise SessionGone(f"session {s.session_id} was closed")
             # what cannot be freed: sessions at work and other uploads in progress
             pinned = sum(sum(o.memory().values()) for o in self._sessions.values()
-                         if o.active > 0 or o.uploading)
+                         if o.work.active > 0 or o.uploading)
             budget = self.config.memory_budget_bytes
             if pinned + need > budget:
                 raise OutOfMemory(f"this upload needs {need >> 20} MB, but {pinned >> 20} MB of "
@@ -212,10 +263,10 @@ class SessionRegistry:
             window = tuple(s.meta.window) if s.meta.window is not None else None
             volume_u8 = window_to_uint8(volume, s.meta.modality, window)  # type: ignore[arg-type]
             del volume
-            session = Session(self.engine, volume_u8)
+            session = Session(self.engine, volume_u8, undo_depth=self.config.undo_depth)
             with self.lock:
                 if s.closed:
-                    raise SessionNotFound(f"session {s.session_id} was closed during the upload")
+                    raise SessionGone(f"session {s.session_id} was closed during the upload")
                 s.session = session
                 s.uploading = False
                 s.last_used = self.clock()
@@ -233,50 +284,38 @@ class SessionRegistry:
                                  "session for another volume")
 
     def remove(self, s: ServiceSession, reason: str) -> None:
+        """Close ``s``: forgotten at once, its job cancelled, its memory freed as soon as
+        the model worker lets go of it."""
         with self.lock:
             if self._sessions.get(s.session_id) is s:
                 del self._sessions[s.session_id]
-            s.closed = True
-            if s.active == 0:
-                s.session = None  # free the memory now; active work frees it on release
+            job = s.work.close()
+        if job is not None:
+            job.cancel()  # outside the registry lock: the job releases its claim
         log.info("session %s closed (%s)", s.session_id, reason)
 
-    # ---- work accounting -----------------------------------------------------------
-    def claim(self, s: ServiceSession, job_id: str | None = None) -> None:
-        """Mark work queued for ``s``; with ``job_id`` it is that session's one job."""
-        with self.lock:
-            if s.closed:
-                raise SessionNotFound(f"session {s.session_id} was closed")
-            if s.job_id is not None:
-                raise Busy(f"session {s.session_id} is busy with job {s.job_id}; wait for it "
-                           f"(GET /jobs/{s.job_id}) or cancel it (POST /jobs/{s.job_id}/cancel)")
-            s.active += 1
-            s.job_id = job_id
-            s.last_used = self.clock()
-
-    def release(self, s: ServiceSession, job_id: str | None = None) -> None:
-        with self.lock:
-            s.active -= 1
-            if job_id is not None and s.job_id == job_id:
-                s.job_id = None
-            s.last_used = self.clock()
-            if s.closed and s.active == 0:
-                s.session = None
-
     # ---- expiry and memory ---------------------------------------------------------
-    def expire_idle(self) -> list[str]:
+    def expire(self) -> list[str]:
+        """Close sessions whose lease lapsed (at work or not) or that are idle."""
         now = self.clock()
+        idle_s, lease_s = self.config.idle_timeout_s, self.config.lease_timeout_s
         with self.lock:
-            stale = [s for s in self._sessions.values()
-                     if s.active == 0 and not s.uploading
-                     and now - s.last_used > self.config.idle_timeout_s]
-            for s in stale:
-                self.remove(s, f"idle for more than {self.config.idle_timeout_s:g} s")
-        return [s.session_id for s in stale]
+            gone: list[tuple[ServiceSession, str]] = []
+            for s in self._sessions.values():
+                if s.uploading:
+                    continue
+                if s.lease and now - s.last_seen > lease_s:
+                    gone.append((s, f"its client was silent for more than {lease_s:g} s "
+                                    "(lease lapsed)"))
+                elif s.work.active == 0 and now - s.last_used > idle_s:
+                    gone.append((s, f"idle for more than {idle_s:g} s"))
+        for s, reason in gone:
+            self.remove(s, reason)
+        return [s.session_id for s, _ in gone]
 
     def memory(self) -> dict[str, int]:
         with self.lock:
-            total = {"volumes": 0, "features": 0, "masks": 0, "logits": 0, "uploads": 0}
+            total = {**dict.fromkeys(MEMORY_KINDS, 0), "uploads": 0}
             for s in self._sessions.values():
                 for key, value in s.memory().items():
                     total[key] += value
@@ -293,7 +332,7 @@ class SessionRegistry:
             if total <= budget:
                 return
             idle = sorted((s for s in self._sessions.values()
-                           if s.active == 0 and s is not protect and s.session is not None),
+                           if s.work.active == 0 and s is not protect and s.session is not None),
                           key=lambda s: s.last_used)
             for s in idle:
                 freed = s.session.cache.evict_to(0)  # type: ignore[union-attr]
@@ -310,3 +349,9 @@ class SessionRegistry:
                     return
         log.warning("memory use %d MB is over the %d MB budget, all of it in sessions at work",
                     total >> 20, budget >> 20)
+
+
+def new_session_id(replica: str = "") -> str:
+    """``[replica.]token``: a proxy routes every request of the session by its prefix."""
+    token = secrets.token_urlsafe(12)  # letters, digits, '-' and '_': never a '.'
+    return f"{replica}.{token}" if replica else token

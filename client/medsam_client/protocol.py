@@ -10,22 +10,34 @@ Slicer bundles this package as is.
 
 HTTP API (all but /health need ``Authorization: Bearer <token>``):
   GET    /health                                   → Health
-  GET    /info                                     → Info
+  GET    /info                                     → Info (version, capabilities, limits)
   POST   /sessions                 VolumeMeta      → SessionInfo (state "awaiting_volume")
   PUT    /sessions/{sid}/volume    raw body        → SessionInfo (state "ready")
-  GET    /sessions/{sid}                           → SessionInfo
+  GET    /sessions/{sid}                           → SessionInfo (time left; renews nothing)
   DELETE /sessions/{sid}                           → Deleted
+  POST   /sessions/{sid}/heartbeat                 → Lease   [capability "lease"]
   POST   /sessions/{sid}/prompt    PromptRequest   → SliceUpdate (that slice's mask at once)
   POST   /sessions/{sid}/propagate PropagateRequest→ JobInfo
   GET    /sessions/{sid}/objects/{oid}/mask        → ObjectMask (3D, cropped, with offset)
+  POST   /sessions/{sid}/objects/{oid}/undo        → Undone  [capability "undo"]
   DELETE /sessions/{sid}/objects/{oid}             → Deleted
   GET    /jobs/{jid}?since=N&wait=S                → JobInfo with updates[N:] (long poll ≤ S s)
   POST   /jobs/{jid}/cancel                        → JobInfo
+
+Versions: ``Info.protocol`` is the major version, changed only by a breaking change (a
+client refuses another major). Everything added since is a capability (``Info.capabilities``):
+a client uses a feature only when the server lists it, and new message fields have
+defaults, so old clients and servers keep working with new ones (unknown keys are ignored
+on both sides).
+
+Routing: a session id is ``[replica.]token`` and a job id ``<session id>.token``, so a reverse
+proxy routes every request of a session, jobs included, by the key in the path.
+
 Errors: any 4xx/5xx body is ErrorBody ``{"error": code, "message": text}``. A 404 says
-  what is missing: ``session_not_found`` (unknown session: closed, expired or lost in a
-  server restart; upload the volume again), ``object_not_found`` (the session has no such
-  object), ``job_not_found`` (unknown or forgotten job); plain ``not_found`` is an
-  unknown route.
+  what is missing: ``session_gone`` (unknown session: closed, expired, its client's lease
+  lapsed, or lost in a server restart; upload the volume again), ``object_not_found`` (the
+  session has no such object), ``job_gone`` (unknown or forgotten job); plain
+  ``not_found`` is an unknown route.
 """
 
 from __future__ import annotations
@@ -47,7 +59,21 @@ try:  # zstd is faster and smaller; zlib (stdlib) is always there
 except ImportError:  # pragma: no cover - depends on the interpreter (e.g. a bare Slicer)
     _zstd = None
 
+# The major version: only a breaking change bumps it, and a client refuses another major.
 PROTOCOL_VERSION = 1
+# What this side knows beyond major 1.0 (Info.capabilities):
+#   lease: sessions created with VolumeMeta.lease are closed when their client stops
+#          heartbeating (POST /sessions/{sid}/heartbeat) for Info.limits["lease_timeout_s"];
+#   undo:  POST /sessions/{sid}/objects/{oid}/undo takes back an object's last prompt.
+CAPABILITIES = ("lease", "undo")
+
+# Error codes (ErrorBody.error) clients act on; one name per condition.
+SESSION_GONE = "session_gone"
+JOB_GONE = "job_gone"
+OBJECT_NOT_FOUND = "object_not_found"
+# What servers before capabilities (medsam-server 0.1 without Info.capabilities) sent for
+# the same conditions; clients read them as the names above.
+LEGACY_ERROR_CODES = {"session_not_found": SESSION_GONE, "job_not_found": JOB_GONE}
 Encoding = Literal["zstd", "zlib", "raw"]
 Axis = Literal["k", "j", "i"]
 Direction = Literal["both", "forward", "backward"]
@@ -236,7 +262,7 @@ class Health:
 @dataclass
 class Info:
     version: str
-    protocol: int
+    protocol: int  # the major version (PROTOCOL_VERSION)
     model: str
     checkpoint_sha256: str
     device: str
@@ -245,6 +271,10 @@ class Info:
     memory: dict[str, int]
     limits: dict[str, int]
     encodings: list[str]
+    # since capabilities (absent from older servers: the defaults say "none of it")
+    capabilities: list[str] = field(default_factory=list)
+    replica: str = ""  # this server's name behind a proxy (the prefix of its session ids)
+    warm_start_s: float | None = None  # the start-up forward pass; None: skipped
 
 
 @dataclass
@@ -266,6 +296,9 @@ class VolumeMeta:
     modality: Modality = "ct"
     window: list[float] | None = None  # CT (level, width); None = default soft tissue
     name: str = ""
+    # capability "lease": this client heartbeats the session; the server closes it when the
+    # heartbeats stop for its lease timeout (a crashed client frees it within that time)
+    lease: bool = False
 
 
 @dataclass
@@ -276,6 +309,20 @@ class SessionInfo:
     volume_sha256: str
     objects: list[int]
     idle_timeout_s: float
+    # capability "lease": None when the session has no lease (or the server no leases)
+    lease_timeout_s: float | None = None
+    lease_left_s: float | None = None  # until the session closes without a heartbeat
+    idle_left_s: float | None = None  # until it closes without work (never while at work)
+
+
+@dataclass
+class Lease:
+    """The answer to a heartbeat: the lease is renewed (``lease_left_s`` = its timeout)."""
+
+    session_id: str
+    lease_timeout_s: float
+    lease_left_s: float
+    idle_left_s: float
 
 
 @dataclass
@@ -336,6 +383,24 @@ class JobInfo:
 class ObjectMask:
     object_id: int
     mask: CroppedMask
+
+
+@dataclass
+class Undone:
+    """An object's last prompt taken back (capability "undo").
+
+    Its slice and every slice changed since (by propagations) are as they were before
+    that prompt; ``updates`` carries each of those slices as it is now. When that prompt
+    created the object, the object is gone (``object_removed``, empty masks).
+    """
+
+    object_id: int
+    axis: Axis
+    index: int  # the slice of the prompt taken back
+    kind: Literal["box", "points", "mask"]
+    object_removed: bool
+    undo_left: int  # prompts of this object that can still be taken back
+    updates: list[SliceUpdate] = field(default_factory=list)
 
 
 # ---- (de)serialisation for the client ------------------------------------------------

@@ -7,14 +7,26 @@ with a message a user can act on, the server's own message included.
 Retries: only idempotent calls (GET, DELETE) are retried, on connection failures and
 502/503/504. POST/PUT are never retried: a request may have reached the server even
 when the connection broke, and a second prompt or propagation is not harmless.
+
+Versions: the client refuses a server of another protocol major version, and otherwise
+uses what the server's ``Info.capabilities`` lists: against an older server a missing
+feature is switched off with a message (``notes``; ``undo`` then raises code
+"unsupported"), and an older client simply never asks a newer server for new features.
+
+Leases: sessions this client creates on a server with the "lease" capability are kept by
+a background thread that heartbeats each of them every third of its lease timeout, on
+its own HTTP connection (a long poll never delays it). When the client is closed, or its
+process dies, the heartbeats stop and the server frees the sessions within the lease.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,13 +35,23 @@ import numpy as np
 import requests
 
 from . import protocol as P
+from .heartbeat import Heartbeat
 
+log = logging.getLogger(__name__)
 Timeout = tuple[float, float]
 TERMINAL_JOB_STATES = ("done", "cancelled", "failed")
 # MedSAMError.code for a session / job the server does not know (any more): upload again
-SESSION_GONE = "session_gone"
-JOB_GONE = "job_gone"
+# (the protocol's own error codes: one name per condition, on the wire and here)
+SESSION_GONE = P.SESSION_GONE
+JOB_GONE = P.JOB_GONE
+UNSUPPORTED = "unsupported"  # the server lacks the capability a call needs
 _RETRY_STATUS = (502, 503, 504)
+# what a missing capability switches off, said to the user (MedSAMClient.notes)
+_WITHOUT = {
+    "lease": "has no session leases: if this program crashes, its sessions stay on the "
+             "server until they expire",
+    "undo": "cannot take back prompts (undo is switched off)",
+}
 
 
 class MedSAMError(Exception):
@@ -110,24 +132,53 @@ class MedSAMClient:
             self._http.headers["Authorization"] = f"Bearer {token}"
         self._last: SessionHandle | None = None  # ensure_session's current session
         self._server_encodings: tuple[str, ...] | None = None  # from /info, on first upload
+        self._capabilities: frozenset[str] | None = None  # from /info, on first need
+        self.notes: list[str] = []  # what is switched off against this server, and why
+        self._heartbeat = Heartbeat(self.url, dict(self._http.headers), self._http.trust_env,
+                                     self.timeout[0])
+        # a client dropped without close() stops heartbeating too (the thread holds no
+        # reference to it)
+        weakref.finalize(self, self._heartbeat.stop)
 
     # ---- connection ----------------------------------------------------------------
     def health(self) -> P.Health:
         return self._call(P.Health, "GET", "/health")
 
     def info(self) -> P.Info:
-        """Test the connection and the token; the server must speak our protocol version."""
+        """Test the connection and the token, and learn what the server can do: another
+        protocol major version is refused; missing capabilities are switched off (``notes``)."""
         info = self._call(P.Info, "GET", "/info")
         if info.protocol != P.PROTOCOL_VERSION:
+            older = "this client" if info.protocol > P.PROTOCOL_VERSION else "the server"
             raise MedSAMError(
                 f"medsam-server at {self.url} (version {info.version}) speaks protocol "
-                f"{info.protocol}, this client speaks {P.PROTOCOL_VERSION}: update the older "
-                "of the two so their versions match", code="protocol_mismatch")
+                f"{info.protocol}, this client speaks {P.PROTOCOL_VERSION}: different major "
+                f"versions do not work together; update {older}", code="protocol_mismatch")
         self._server_encodings = tuple(info.encodings)
+        capabilities = frozenset(info.capabilities or ())
+        if capabilities != self._capabilities:
+            self._capabilities = capabilities
+            self.notes = [f"medsam-server {info.version} at {self.url} {_WITHOUT[c]}; update "
+                          "the server to use it" for c in P.CAPABILITIES
+                          if c in _WITHOUT and c not in capabilities]
+            for note in self.notes:
+                log.warning("%s", note)
         return info
 
+    def leased_sessions(self) -> list[str]:
+        """Ids of the sessions this client heartbeats (its leases on the server)."""
+        return self._heartbeat.sessions()
+
+    def supports(self, capability: str) -> bool:
+        """Whether the server lists ``capability`` (asks /info once)."""
+        if self._capabilities is None:
+            self.info()
+        return capability in (self._capabilities or ())
+
     def close(self) -> None:
-        """Release the HTTP connections (server sessions stay until closed or expired)."""
+        """Release the HTTP connections and stop heartbeating: the server keeps this
+        client's sessions until they are closed, expire, or their lease lapses."""
+        self._heartbeat.stop()
         self._http.close()
 
     def __enter__(self) -> MedSAMClient:
@@ -173,7 +224,13 @@ class MedSAMClient:
 
     def _upload(self, vol: np.ndarray, meta: P.VolumeMeta) -> SessionHandle:
         meta.encoding = self._upload_encoding()
-        created = self._call(P.SessionInfo, "POST", "/sessions", json=P.to_json(meta))
+        meta.lease = self.supports("lease")
+        body = P.to_json(meta)
+        if not meta.lease:
+            del body["lease"]  # a server without leases never sees the field
+        created = self._call(P.SessionInfo, "POST", "/sessions", json=body)
+        if created.lease_timeout_s:  # from now on, until it is closed
+            self._heartbeat.add(created.session_id, created.lease_timeout_s)
         le = np.ascontiguousarray(vol).astype(vol.dtype.newbyteorder("<"), copy=False)
         body = P.compress(le.tobytes(), meta.encoding)
         timeout = (self.timeout[0], max(self.timeout[1], self.upload_timeout))
@@ -203,6 +260,7 @@ class MedSAMClient:
         sid = _sid(session)
         if self._last is not None and self._last.session_id == sid:
             self._last = None
+        self._heartbeat.remove(sid)
         try:
             self._call(P.Deleted, "DELETE", f"/sessions/{sid}")
         except MedSAMError as exc:
@@ -237,6 +295,16 @@ class MedSAMClient:
 
     def delete_object(self, session: SessionHandle | str, object_id: int) -> None:
         self._call(P.Deleted, "DELETE", f"/sessions/{_sid(session)}/objects/{object_id}")
+
+    def undo(self, session: SessionHandle | str, object_id: int) -> P.Undone:
+        """Take back the object's last prompt (box, points or mask): its slice and every
+        slice changed since are as before it; ``Undone.updates`` carries them (see
+        ``slice_mask``). MedSAMError code "unsupported" if the server cannot undo,
+        "wrong_state" if the object has no prompt left to take back."""
+        if not self.supports("undo"):
+            raise MedSAMError(next(n for n in self.notes if "undo" in n), code=UNSUPPORTED)
+        return self._call(P.Undone, "POST",
+                          f"/sessions/{_sid(session)}/objects/{object_id}/undo")
 
     # ---- propagation jobs ----------------------------------------------------------
     def start_propagation(self, session: SessionHandle | str, object_ids: Sequence[int], *,
@@ -376,6 +444,7 @@ class MedSAMClient:
             body = None
         if isinstance(body, dict) and "message" in body:
             code, message = str(body.get("error", "")), str(body["message"])
+            code = P.LEGACY_ERROR_CODES.get(code, code)  # an older server's name for it
         elif isinstance(body, dict) and "detail" in body:  # a framework default error
             code, message = "http_error", str(body["detail"])
         else:
@@ -383,10 +452,13 @@ class MedSAMClient:
         if status == 401:
             return MedSAMError(f"medsam-server at {self.url} rejected the token: {message}",
                                status, code)
-        if status == 404 and code == "session_not_found":
-            return MedSAMError("the server no longer has this session (restarted or expired); "
-                               f"upload again ({message})", status, SESSION_GONE)
-        if status == 404 and code == "job_not_found":
+        if status == 404 and code == SESSION_GONE:
+            if path.startswith("/sessions/"):  # no more heartbeats for it
+                self._heartbeat.remove(path.split("/")[2])
+            return MedSAMError("the server no longer has this session (restarted, expired, or "
+                               f"its lease lapsed); upload again ({message})", status,
+                               SESSION_GONE)
+        if status == 404 and code == JOB_GONE:
             return MedSAMError("the server no longer knows this propagation job (restarted?); "
                                f"start it again ({message})", status, JOB_GONE)
         return MedSAMError(f"medsam-server: {message} [{method} {path} → {status}]", status, code)
