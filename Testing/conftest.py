@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import sys
+import threading
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,42 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO / "bench"))  # the stock-predictor baseline lives there
 # The Slicer side imports its package as Slicer does: from the module folder on sys.path.
 sys.path.insert(0, str(REPO / "MedSAMSegment"))
+
+
+ERROR_PREFIX = "medsam-server: error:"
+
+
+def cli(*argv: object) -> tuple[int, str, str]:
+    """Run ``medsam-server ARGV`` in this process; (exit code, stdout, stderr)."""
+    from medsam_server.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def run_concurrently(fn: Callable[[int], object], n: int, timeout: float) -> dict[int, object]:
+    """``fn(0)`` .. ``fn(n-1)`` on n threads at once; their results, or the first error
+    raised in any of them (re-raised here, not lost in its thread)."""
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = fn(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    if errors:
+        raise errors[0]
+    assert len(results) == n, f"{n - len(results)} thread(s) still running after {timeout} s"
+    return results
 
 
 def shared(relative: str) -> Path:

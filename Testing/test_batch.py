@@ -17,14 +17,12 @@ CT crop without one, a prompt outside its slice and a missing image (both record
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,10 +31,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import shared
+from conftest import ERROR_PREFIX, cli, shared
 from medsam_server import engine as engine_module
 from medsam_server.batch import reference_boxes
-from medsam_server.cli import main
 from medsam_server.evaluate import read_metrics_csv
 
 CT = "totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"
@@ -48,18 +45,10 @@ DICOM_SEG = "totalseg_ct_dicom_2mm/example_seg_dicom.nii.gz"
 HEART_CT = "totalseg_ct_heart_1p5mm/ct_cropped.nii.gz"
 HEART = "totalseg_ct_heart_1p5mm/heart.nii.gz"
 PULMONARY = "totalseg_ct_heart_1p5mm/pulmonary_artery.nii.gz"
-ERROR_PREFIX = "medsam-server: error:"
 OPTIONS_A = ["--boxes-from-reference", "--labels", "5", "1", "--box-jitter", "3", "--seed", "7",
              "--threads", "1", "--device", "cpu"]
 OK_A = ["ct", "dicom", "heart"]
 pytestmark = pytest.mark.filterwarnings("ignore:Please import:DeprecationWarning")
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -12,11 +12,9 @@ Everything else must fail before the model is loaded, which a guard on
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +23,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import shared
+from conftest import ERROR_PREFIX, cli, shared
 from medsam_server import engine as engine_module
 from medsam_server.cli import main
 from medsam_server.features import FeatureCache
@@ -36,15 +34,6 @@ from skimage.measure import label as cc_label
 CT = "totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"
 MR = "totalseg_mr_abdomen_3mm/example_mr_sm.nii.gz"
 DICOM = "totalseg_ct_dicom_2mm/dicom"
-ERROR_PREFIX = "medsam-server: error:"
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    """Run ``medsam-server ARGV`` in this process; (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def segment(ckpt: Path, src: object, out: Path, *extra: object, quiet: bool = True

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from conftest import shared
+from conftest import run_concurrently, shared
 from medsam_client import protocol as P
 from medsam_client.client import JOB_GONE, SESSION_GONE, MedSAMClient, MedSAMError, slice_mask
 from medsam_client.worker import LocalWorker
@@ -158,26 +158,16 @@ def test_cancel_midway_then_propagate_again(client, crop_session, ct_crop, refer
 
 
 def test_four_clients_at_once_each_with_its_own_session(server, ct_crop, reference):
-    results: dict[int, tuple[str, np.ndarray]] = {}
-    errors: list[BaseException] = []
+    def run(n: int) -> tuple[str, np.ndarray]:
+        with MedSAMClient(server.url, server.token) as c:
+            s = _upload(c, ct_crop, name=f"client{n}")
+            c.prompt(s, 1, "k", KEY, box=BOX)
+            c.propagate(s, [1], first=KEY, last=KEY + 1)
+            result = (s.session_id, c.object_mask(s, 1))
+            c.close_session(s)
+            return result
 
-    def run(n: int) -> None:
-        try:
-            with MedSAMClient(server.url, server.token) as c:
-                s = _upload(c, ct_crop, name=f"client{n}")
-                c.prompt(s, 1, "k", KEY, box=BOX)
-                c.propagate(s, [1], first=KEY, last=KEY + 1)
-                results[n] = (s.session_id, c.object_mask(s, 1))
-                c.close_session(s)
-        except BaseException as exc:  # reported below, not lost in the thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    results = run_concurrently(run, 4, timeout=120)
     assert len({sid for sid, _ in results.values()}) == 4
     for _, mask in results.values():
         np.testing.assert_array_equal(mask, reference["obj1_near"])

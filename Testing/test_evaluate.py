@@ -10,16 +10,13 @@ faces except where the shift moves them, which the tests below count element by 
 
 from __future__ import annotations
 
-import io
 import math
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import shared
-from medsam_server.cli import main
+from conftest import ERROR_PREFIX, cli, shared
 from medsam_server.evaluate import mask_metrics, read_metrics_csv
 from medsam_server.volume_io import read_volume, write_mask
 from scipy import ndimage
@@ -28,14 +25,6 @@ from surface_distance import metrics as deepmind
 CT_SEG = "totalseg_ct_abdomen_3mm/example_seg.nii.gz"
 # surface-distance 0.1 (called directly below) imports deprecated scipy.ndimage names
 pytestmark = pytest.mark.filterwarnings("ignore:Please import:DeprecationWarning")
-ERROR_PREFIX = "medsam-server: error:"
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def write_labels(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 1.0),

@@ -7,27 +7,17 @@ ITK's NIfTI reader turns NaN and ±inf into 0, so without a look at the file's o
 
 from __future__ import annotations
 
-import io
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import shared
+from conftest import cli, shared
 from medsam_server import engine as engine_module
-from medsam_server.cli import main
 from medsam_server.volume_io import VolumeError, read_volume
 
 CT = "totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"
 N_VOXELS = 6 * 101 * 122
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

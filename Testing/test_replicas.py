@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import REPO, shared
+from conftest import REPO, run_concurrently, shared
 from medsam_client import protocol as P
 from medsam_client.client import MedSAMClient, MedSAMError, SessionHandle
 from test_service_api import live_server
@@ -149,21 +148,7 @@ def _segment(client: MedSAMClient, crop: np.ndarray) -> tuple[SessionHandle, str
 def test_four_clients_through_nginx_then_a_replica_dies(cluster: dict, crop: np.ndarray,
                                                         reference: np.ndarray) -> None:
     clients = [MedSAMClient(cluster["url"], cluster["token"]) for _ in range(4)]
-    done: dict[int, tuple[SessionHandle, str, np.ndarray]] = {}
-    errors: list[BaseException] = []
-
-    def run(n: int) -> None:
-        try:
-            done[n] = _segment(clients[n], crop)
-        except BaseException as exc:  # reported below, not lost in the thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert not errors, errors
+    done = run_concurrently(lambda n: _segment(clients[n], crop), 4, timeout=300)
     on: dict[str, list[int]] = {"r1": [], "r2": []}
     for n, (session, job_id, mask) in done.items():
         np.testing.assert_array_equal(mask, reference)  # as a direct run
