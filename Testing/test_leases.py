@@ -244,9 +244,10 @@ def test_a_new_client_switches_off_what_an_old_server_lacks(old_server: str) -> 
     client = MedSAMClient(old_server, "t")
     session = client.upload(np.zeros((2, 4, 4), np.uint8))
     assert session.session_id == "s1"
-    assert len(client.notes) == 2
+    assert len(client.notes) == 3
     assert any("has no session leases" in n for n in client.notes)
     assert any("cannot take back prompts" in n for n in client.notes)
+    assert any("does not encode slices ahead" in n for n in client.notes)
     created = next(body for method, path, body in _OldServer.seen
                    if (method, path) == ("POST", "/sessions"))
     assert "lease" not in json.loads(created)  # a field it never knew is never sent
@@ -254,10 +255,12 @@ def test_a_new_client_switches_off_what_an_old_server_lacks(old_server: str) -> 
     with pytest.raises(MedSAMError, match="cannot take back prompts") as err:
         client.undo(session, 1)
     assert err.value.code == UNSUPPORTED
+    assert client.focus(session, "k", 0) is False  # a hint: a no-op, never an error
     with pytest.raises(MedSAMError, match="no longer has this session") as err:
         client.session_info(session)  # its old 404 code reads as the one name
     assert err.value.code == P.SESSION_GONE
-    assert not any("heartbeat" in path or "undo" in path for _, path, _ in _OldServer.seen)
+    assert not any(word in path for _, path, _ in _OldServer.seen
+                   for word in ("heartbeat", "undo", "focus"))
     client.close()
     # the Slicer settings panel's "Test connection" says so too
     from MedSAMSegmentLib.backend import RemoteBackend

@@ -39,6 +39,7 @@ ROUTES = [
     ("POST", "/sessions/{sid}/prompt"), ("POST", "/sessions/{sid}/propagate"),
     ("GET", "/sessions/{sid}/objects/{oid}/mask"), ("DELETE", "/sessions/{sid}/objects/{oid}"),
     ("GET", "/jobs/{jid}"), ("POST", "/jobs/{jid}/cancel"), ("POST", "/sessions/{sid}/heartbeat"),
+    ("POST", "/sessions/{sid}/focus"),
     # undo takes the ready session's prompts back: late, so the routes above still see them
     ("POST", "/sessions/{sid}/objects/{oid}/undo"), ("DELETE", "/sessions/{sid}"),
 ]

@@ -7,6 +7,7 @@ from processViewNodeEvents, removed in deactivate).
 """
 
 import os
+import time
 
 import qt
 import slicer
@@ -17,6 +18,7 @@ from MedSAMSegmentLib import SlicerRuntime
 from MedSAMSegmentLib.BoxPipeline import BoxPipeline
 from MedSAMSegmentLib.controller import Controller, Settings
 from MedSAMSegmentLib.editor import ADD, EditorContext
+from MedSAMSegmentLib.focus import FOCUS_DELAY_S, Debouncer
 from MedSAMSegmentLib.OptionsPanel import OptionsPanel
 from MedSAMSegmentLib.panel_state import panel_state
 from MedSAMSegmentLib.source_volume import set_display_window
@@ -65,6 +67,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.controller = None
         self.panel = None
         self.timer = None  # made on first activation (the registered prototype never is)
+        self.focusTimer = None  # single shot: the view the user scrolled to has settled
+        self.focusDebouncer = None
         self.shownSegment = None
 
     def clone(self) -> object:
@@ -108,6 +112,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.timer = qt.QTimer()
             self.timer.setInterval(50)
             self.timer.connect("timeout()", self.onTimer)
+        if self.focusTimer is None:
+            self.focusTimer = qt.QTimer()
+            self.focusTimer.setSingleShot(True)
+            self.focusTimer.connect("timeout()", self.onFocusTimer)
+            self.focusDebouncer = Debouncer(
+                FOCUS_DELAY_S, self.onViewSettled, clock=time.monotonic,
+                start_timer=lambda seconds: self.focusTimer.start(max(1, int(seconds * 1000))))
         self.timer.start()
         self.updateGUIFromMRML()
 
@@ -123,11 +134,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.drag = None
         if self.timer is not None and (self.controller is None or not self.controller.busy):
             self.timer.stop()
+        if self.focusTimer is not None:
+            self.focusDebouncer.cancel()
+            self.focusTimer.stop()
 
     def cleanup(self) -> None:
         if self.timer is not None:
             self.timer.stop()
             self.timer.disconnect("timeout()", self.onTimer)
+        if self.focusTimer is not None:
+            self.focusTimer.stop()
+            self.focusTimer.disconnect("timeout()", self.onFocusTimer)
         if self.controller is not None:
             self.controller.close()
             self.controller = None
@@ -162,10 +179,22 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if not self.controller.busy and not self.scriptedEffect.active():
             self.timer.stop()
 
+    def onFocusTimer(self) -> None:
+        if self.focusDebouncer is not None:
+            self.focusDebouncer.fire()
+
+    def onViewSettled(self, sliceNode: object) -> None:
+        # the user stopped on a slice: the server encodes it and its neighbours meanwhile
+        if self.controller is not None:
+            self.controller.focus_view(sliceNode)
+
     # ---- views ---------------------------------------------------------------------
     def processInteractionEvents(self, callerInteractor: vtk.vtkRenderWindowInteractor,
                                  eventId: int, viewWidget: object) -> bool:
         if viewWidget.className() != "qMRMLSliceWidget":
+            return False
+        if eventId == vtk.vtkCommand.EnterEvent and self.focusDebouncer is not None:
+            self.focusDebouncer.poke(viewWidget.sliceLogic().GetSliceNode())
             return False
         xy = callerInteractor.GetEventPosition()
         if self.drag is not None and self.drag[0] is viewWidget:
@@ -226,6 +255,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def processViewNodeEvents(self, callerViewNode: object, eventId: int,
                               viewWidget: object) -> None:
         if callerViewNode and callerViewNode.IsA("vtkMRMLSliceNode"):
+            if self.focusDebouncer is not None:  # scrolled (or panned: the same slice, sent once)
+                self.focusDebouncer.poke(callerViewNode)
             pipeline = self.pipelines.get(viewWidget)
             if pipeline is not None:
                 pipeline.update()

@@ -25,6 +25,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 EVENTS = ("box", "points", "mask", "propagate", "apply", "discard", "replay")
 
 
@@ -74,3 +76,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 3)
     return value
+
+
+def prompt_fields(op: Any) -> dict[str, Any]:
+    """A prompt's own fields in the log (``server_session.PromptOp``): no image data."""
+    if op.kind == "box":
+        return {"box": [round(v, 1) for v in op.box]}
+    if op.kind == "points":
+        return {"points": [[round(x, 1), round(y, 1)] for x, y in op.points],
+                "labels": list(op.labels)}
+    return {"voxels": int(np.count_nonzero(op.mask))}

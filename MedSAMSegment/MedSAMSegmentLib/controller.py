@@ -20,16 +20,17 @@ import slicer
 from medsam_client.client import MedSAMError, slice_mask
 
 from .annotation import AnnotationError, AnnotationState, ObjectState, ReviewItem
-from .annotation_log import AnnotationLog
+from .annotation_log import AnnotationLog, prompt_fields
 from .backend import Backend
 from .editor import EditorContext, WriteError, write_result
+from .focus import FocusSender
 from .geometry import GeometryError, SliceFrame, box_on_slice, point_on_slice, take_slice
 from .labelmaps import segment_array
 from .preview import Preview
 from .server_session import PromptOp, PropagateOp, ServerSession, VolumeUpload
-from .source_volume import Fingerprint, capture, display_window, fingerprint
+from .source_volume import VolumeContext, capture, display_window, fingerprint, window_change
 from .tasks import Task, TaskRunner
-from .views import jump_views, slice_frame
+from .views import jump_views, shown_slice, slice_frame
 
 log = logging.getLogger(__name__)
 Message = Callable[[str, str], None]  # (text, level: "info" | "warning" | "error")
@@ -38,18 +39,6 @@ REDRAW_INTERVAL_S = 0.5
 
 class UserError(Exception):
     """Something the user can fix; shown as is."""
-
-
-@dataclass
-class VolumeContext:
-    """The source image the current session was made from."""
-
-    fingerprint: Fingerprint
-    segmentation: slicer.vtkMRMLSegmentationNode  # the node the results are for
-    reference: slicer.vtkOrientedImageData  # its grid (no voxels)
-    shape: tuple[int, int, int]
-    upload: VolumeUpload
-    name: str
 
 
 @dataclass
@@ -78,6 +67,7 @@ class Controller:
         self._dirty: set[str] = set()  # segments whose preview needs redrawing
         self._tasks: list[Task] = []
         self._drawn_at = 0.0
+        self._focus = FocusSender(runner)
 
     # ---- status --------------------------------------------------------------------
     @property
@@ -160,7 +150,9 @@ class Controller:
         except (UserError, GeometryError, AnnotationError, MedSAMError, ValueError) as exc:
             self.on_message(_text(exc), "warning")
             return False
-        self._warn_window_changed()
+        changed = window_change(self.ctx.source_volume_node(), self.volume.upload)
+        if changed:
+            self.on_message(changed, "info")
         session, state = self.session, self.state
         if self.propagating:
             self.on_message("The prompt will run when the propagation ends (or Cancel it).",
@@ -179,7 +171,7 @@ class Controller:
             obj.unpropagated.add(op.index)
             state.apply_slice(obj, op.axis, op.index, mask2d, iou, score)
             self._dirty.add(obj.segment_id)
-            self._log(op.kind, obj, axis=op.axis, slice=op.index, **_op_fields(op))
+            self._log(op.kind, obj, axis=op.axis, slice=op.index, **prompt_fields(op))
             self.on_message(f"Slice {op.index}: predicted IoU {iou:.2f}. Add points or boxes to "
                             "correct it, or Propagate.", "info")
 
@@ -365,6 +357,14 @@ class Controller:
             return 0
         return jump_views(slice_nodes, self.volume.reference, obj.axis, index, self._transform())
 
+    def focus_view(self, slice_node: slicer.vtkMRMLSliceNode) -> bool:
+        """The user scrolled or entered a view: the server encodes its slice ahead (focus.py)."""
+        if self.volume is None or self.session is None or not self.session.ready \
+                or self.propagating:  # a propagation encodes what it needs itself
+            return False
+        target = shown_slice(slice_node, self.volume.reference, self._transform())
+        return target is not None and self._focus.send(self.session, *target)
+
     # ---- session and volume --------------------------------------------------------
     def use_view_window(self, modality: str | None = None) -> None:
         """Send the volume again as ``modality`` (default: as now) with the CT window the view
@@ -467,14 +467,6 @@ class Controller:
             self.preview = Preview(self.ctx.scene(), self.ctx.segmentation_node())
         return self.preview
 
-    def _warn_window_changed(self) -> None:
-        up = self.volume.upload
-        now = display_window(self.ctx.source_volume_node()) if up.modality == "ct" else None
-        if up.window is not None and now is not None and not np.allclose(now, up.window):
-            self.on_message(f"The view's window (level {now[0]:g}, width {now[1]:g}) differs from "
-                            f"the one MedSAM2 uses (level {up.window[0]:g}, width "
-                            f"{up.window[1]:g}); click 'Use view window' to switch.", "info")
-
     def _handle_replay(self, replay: object) -> None:
         if replay is None or self.state is None:
             return
@@ -509,11 +501,3 @@ def _text(exc: BaseException) -> str:
     text = exc.message if isinstance(exc, MedSAMError) else str(exc)
     return text[:1].upper() + text[1:] if text else type(exc).__name__
 
-
-def _op_fields(op: PromptOp) -> dict[str, object]:
-    if op.kind == "box":
-        return {"box": [round(v, 1) for v in op.box]}
-    if op.kind == "points":
-        return {"points": [[round(x, 1), round(y, 1)] for x, y in op.points],
-                "labels": list(op.labels)}
-    return {"voxels": int(np.count_nonzero(op.mask))}

@@ -129,6 +129,30 @@ class ServerSession:
         self._with_session(call)
         self.history.append(op)
 
+    def focus(self, axis: str, index: int) -> bool:
+        """Have the server encode that slice and its neighbours ahead (focus.py): only on a
+        session the server has now, never by uploading one; False when not sent (no
+        session yet, a server restarted or without the capability, the session gone: the
+        next operation rebuilds it)."""
+        handle = self.handle
+        if handle is None:
+            return False
+        backend = self.backend()
+        client = backend.client()
+        if (id(backend), backend.generation) != self._served_by:
+            return False
+        try:
+            return client.focus(handle, axis, index)  # type: ignore[arg-type]
+        except MedSAMError as exc:
+            if exc.code == SESSION_GONE:
+                return False
+            raise
+
+    @property
+    def ready(self) -> bool:
+        """Whether the server has this volume's session (one attribute read: any thread)."""
+        return self.handle is not None
+
     def close(self) -> None:
         """Free the server session (best effort: the server also expires idle sessions)."""
         handle, self.handle = self.handle, None

@@ -54,6 +54,18 @@ def fingerprint(source_node: slicer.vtkMRMLScalarVolumeNode,
         int(tmtime))
 
 
+@dataclass
+class VolumeContext:
+    """The source image the current session was made from (the controller keeps one)."""
+
+    fingerprint: Fingerprint
+    segmentation: slicer.vtkMRMLSegmentationNode  # the node the results are for
+    reference: slicer.vtkOrientedImageData  # its grid (no voxels)
+    shape: tuple[int, int, int]
+    upload: VolumeUpload
+    name: str
+
+
 def image_to_numpy(image: slicer.vtkOrientedImageData) -> np.ndarray:
     """A (k, j, i) copy of a single-component image's voxels."""
     scalars = image.GetPointData().GetScalars() if image is not None else None
@@ -106,3 +118,13 @@ def capture(image: slicer.vtkOrientedImageData, source_node: slicer.vtkMRMLScala
     upload = VolumeUpload(array, tuple(float(v) for v in image.GetSpacing()), modality, window,
                           source_node.GetName())
     return upload, reference
+
+
+def window_change(source_node: slicer.vtkMRMLScalarVolumeNode, upload: VolumeUpload) -> str | None:
+    """A note when the view's CT window is no longer the one the model was given."""
+    now = display_window(source_node) if upload.modality == "ct" else None
+    if upload.window is None or now is None or np.allclose(now, upload.window):
+        return None
+    return (f"The view's window (level {now[0]:g}, width {now[1]:g}) differs from the one "
+            f"MedSAM2 uses (level {upload.window[0]:g}, width {upload.window[1]:g}); click "
+            "'Use view window' to switch.")

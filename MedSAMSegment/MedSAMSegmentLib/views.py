@@ -65,6 +65,18 @@ def slice_frame(slice_node: slicer.vtkMRMLSliceNode, image: slicer.vtkOrientedIm
                       array_shape(image))
 
 
+def shown_slice(slice_node: slicer.vtkMRMLSliceNode, image: slicer.vtkOrientedImageData,
+                transform_node: slicer.vtkMRMLTransformNode | None = None
+                ) -> tuple[str, int] | None:
+    """(axis, index) of the image slice a view shows; None if it shows none (oblique,
+    rotated, or outside the volume)."""
+    try:
+        frame = slice_frame(slice_node, image, transform_node)
+    except GeometryError:
+        return None
+    return frame.axis, frame.index
+
+
 def slice_centre_ras(image: slicer.vtkOrientedImageData, axis: str, index: int,
                      transform_node: slicer.vtkMRMLTransformNode | None = None) -> np.ndarray:
     """World RAS of the centre of slice ``index`` along ``axis`` (for jumping views there)."""

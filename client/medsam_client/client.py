@@ -51,6 +51,7 @@ _WITHOUT = {
     "lease": "has no session leases: if this program crashes, its sessions stay on the "
              "server until they expire",
     "undo": "cannot take back prompts (undo is switched off)",
+    "focus": "does not encode slices ahead while you scroll (boxes wait for the encoder)",
 }
 
 
@@ -305,6 +306,16 @@ class MedSAMClient:
             raise MedSAMError(next(n for n in self.notes if "undo" in n), code=UNSUPPORTED)
         return self._call(P.Undone, "POST",
                           f"/sessions/{_sid(session)}/objects/{object_id}/undo")
+
+    def focus(self, session: SessionHandle | str, axis: P.Axis, index: int) -> bool:
+        """The server encodes that slice, then its neighbours, while idle (a box there then
+        needs only the decoder); answers at once. False, a no-op, against a server
+        without the "focus" capability (``notes`` says so)."""
+        if not self.supports("focus"):
+            return False
+        self._call(P.Focused, "POST", f"/sessions/{_sid(session)}/focus",
+                   json=P.to_json(P.FocusRequest(axis, int(index))))
+        return True
 
     # ---- propagation jobs ----------------------------------------------------------
     def start_propagation(self, session: SessionHandle | str, object_ids: Sequence[int], *,

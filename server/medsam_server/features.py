@@ -66,3 +66,7 @@ class FeatureCache:
     def clear(self) -> None:
         self._items.clear()
         self.nbytes = 0
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more fit under the budget without evicting anything."""
+        return self.nbytes + nbytes <= self.budget_bytes

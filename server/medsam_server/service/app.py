@@ -21,6 +21,8 @@ from medsam_client.protocol import (
     CodecError,
     Deleted,
     ErrorBody,
+    Focused,
+    FocusRequest,
     Health,
     Info,
     JobInfo,
@@ -198,6 +200,11 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
     @api.post("/sessions/{sid}/propagate", response_model=JobInfo)
     async def propagate(req: PropagateRequest, s: SessionDep) -> JobInfo:
         return await asyncio.shield(asyncio.wrap_future(service.propagate(s, req)))
+
+    @api.post("/sessions/{sid}/focus", response_model=Focused, status_code=202)
+    async def focus(req: FocusRequest, s: SessionDep) -> Focused:
+        # queued, not run: answers at once; a request of the client, so work (focus.py)
+        return service.focus(s, req)
 
     @api.get("/sessions/{sid}/objects/{oid}/mask", response_model=ObjectMask)
     def object_mask(oid: int, s: SessionDep) -> ObjectMask:  # sync: runs in the threadpool

@@ -4,6 +4,11 @@
 Two queues: *urgent* items (a prompt, an object deletion: a user is waiting on them)
 always go before *jobs* (propagation). A running job also serves urgent items between
 its slices (``run_urgent``), so a prompt waits at most one slice, not a whole volume.
+
+Below both, *idle work* (a focus: slices encoded ahead while the user draws): at most
+one per session, a newer one replacing it; one ``step()`` (one slice) per turn, only
+when no urgent item and no job is queued, sessions taking turns. So a prompt or a
+propagation waits at most one step for it, and a running job never runs beside it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import Unavailable
 
@@ -28,10 +33,17 @@ class _Item:
     tag: str  # the session it works on
 
 
+class IdleWork(Protocol):
+    def step(self) -> bool:
+        """Do one small piece (one slice); False when nothing is left."""
+        ...
+
+
 class ModelWorker:
     def __init__(self, name: str = "medsam-model") -> None:
         self._urgent: deque[_Item] = deque()
         self._jobs: deque[_Item] = deque()
+        self._idle: dict[str, IdleWork] = {}  # by session, in turn order
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -55,6 +67,7 @@ class ModelWorker:
             left = list(self._urgent) + list(self._jobs)
             self._urgent.clear()
             self._jobs.clear()
+            self._idle.clear()
             self._cond.notify_all()
         for item in left:
             if item.future.set_running_or_notify_cancel():
@@ -75,6 +88,22 @@ class ModelWorker:
             self._cond.notify()
         return future
 
+    def set_idle(self, tag: str, work: IdleWork) -> IdleWork | None:
+        """Make ``work`` the idle work of session ``tag``; returns the one it replaced
+        (which gets no further step, though one may be running now)."""
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("the server is shutting down; retry once it is back")
+            old = self._idle.pop(tag, None)
+            self._idle[tag] = work
+            self._cond.notify()
+        return old
+
+    def drop_idle(self, tag: str) -> IdleWork | None:
+        """Forget session ``tag``'s idle work (closed); returns it, if there was one."""
+        with self._cond:
+            return self._idle.pop(tag, None)
+
     def run_urgent(self, skip_tag: str | None = None) -> None:
         """Run queued urgent items now (called on the worker thread, between slices).
 
@@ -92,12 +121,31 @@ class ModelWorker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._urgent or self._jobs or self._stopping):
+                while not (self._urgent or self._jobs or self._idle or self._stopping):
                     self._cond.wait()
                 if self._stopping:
                     return
-                item = (self._urgent or self._jobs).popleft()
-            self._run(item)
+                if self._urgent or self._jobs:
+                    item: _Item | None = (self._urgent or self._jobs).popleft()
+                else:
+                    item = None
+                    tag, work = next(iter(self._idle.items()))
+            if item is not None:
+                self._run(item)
+            else:
+                self._step(tag, work)
+
+    def _step(self, tag: str, work: IdleWork) -> None:
+        try:
+            more = work.step()
+        except Exception:  # idle work must never stop the worker
+            log.exception("idle work of session %s failed", tag)
+            more = False
+        with self._cond:
+            if self._idle.get(tag) is work:  # not replaced nor dropped meanwhile
+                del self._idle[tag]
+                if more:
+                    self._idle[tag] = work  # to the back: sessions take turns
 
     @staticmethod
     def _run(item: _Item) -> None:
