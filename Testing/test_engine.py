@@ -15,6 +15,15 @@ KEY, BOX = 3, (30, 25, 80, 70)
 
 
 @pytest.fixture(scope="module")
+def engine(random_checkpoint) -> Engine:
+    """fp32, pinned: the parity with the stock predictor (fp32 on CPU) is exact only there
+    (``auto`` is bf16 on a CPU with native bf16)."""
+    engine = Engine.from_checkpoint(random_checkpoint, "cpu", precision="fp32")
+    assert engine.precision == "fp32" and engine.encode_batch == 1
+    return engine
+
+
+@pytest.fixture(scope="module")
 def vol(ct_u8: np.ndarray) -> np.ndarray:
     """Seven real CT slices around the liver (kept small: ~0.6 s per encoded slice on CPU)."""
     return np.ascontiguousarray(ct_u8[11:18])
@@ -65,7 +74,8 @@ def test_each_slice_encoded_once_and_shared_by_objects(engine: Engine, vol: np.n
 
 
 def test_cache_budget_evicts_least_recently_used(random_checkpoint, vol: np.ndarray) -> None:
-    small = Engine.from_checkpoint(random_checkpoint, "cpu", feature_cache_bytes=10 << 20)
+    small = Engine.from_checkpoint(random_checkpoint, "cpu", precision="fp32",
+                                   feature_cache_bytes=10 << 20)
     session = Session(small, vol[:4])
     session.add_prompt(1, "k", 1, Prompt(box=BOX))
     session.propagate(1)
@@ -147,7 +157,7 @@ def test_cancel_keeps_the_session_consistent(engine: Engine, vol: np.ndarray,
 
 
 def test_stop_after_empty_and_range_limits(random_checkpoint, vol: np.ndarray) -> None:
-    absent = Engine.from_checkpoint(random_checkpoint, "cpu")
+    absent = Engine.from_checkpoint(random_checkpoint, "cpu", precision="fp32")
     with torch.no_grad():  # a model that says "no object" on every tracked slice
         absent.model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(-50.0)
     session = Session(absent, vol)

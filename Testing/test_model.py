@@ -212,8 +212,8 @@ def test_pick_mps_without_mps_is_an_error():
         pick_device("mps")
 
 
-def test_autocast_on_cpu_is_a_no_op():
-    ctx = autocast_for(torch.device("cpu"))
+def test_fp32_autocast_is_a_no_op():
+    ctx = autocast_for(torch.device("cpu"), "fp32")
     assert isinstance(ctx, contextlib.nullcontext)
     a = torch.randn(4, 4)
     with ctx:

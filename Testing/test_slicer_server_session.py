@@ -106,3 +106,9 @@ def test_new_window_or_new_backend_resend_and_replay(server, volume):
     assert s.pop_replay().prompts == 2
     s.close()
     assert s.handle is None
+
+
+def test_test_connection_names_device_and_precision(server):
+    report = RemoteBackend(server.url, server.token).test_connection()
+    assert report.precision in ("fp32", "bf16")  # what auto gave on this CPU
+    assert f"on cpu in {report.precision}, checkpoint sha256" in report.summary()

@@ -1,25 +1,40 @@
-"""Engine benchmark: our session engine vs the stock SAM2 predictor driven the MedSAM2 way.
+"""Engine benchmark: our session engine (fp32 and bf16) vs the stock SAM2 predictor.
 
 One run measures, on the same 512×512×48 real-CT volume and the same seeded
-random-weight MedSAM2 checkpoint (weights don't change the arithmetic cost):
+random-weight MedSAM2 checkpoint (weights don't change the arithmetic cost), each side
+in its own process (fair peak RSS):
   1. one object, box on the middle slice, propagate both ways: seconds per slice for
-     both sides, the ratio, and each side's peak RSS (each side in its own process);
+     stock SAM2 (fp32 on CPU, bf16 autocast on CUDA, as MedSAM2 runs it), ours in fp32
+     and ours in bf16, and the ratios;
   2. three objects in one session vs three reference runs;
-  3. a correction (box on another slice) re-propagating 10 slices vs a full re-run.
-Targets (CPU): 1. ≤ 1.0×; 2. ≤ 0.65×; 3. ≤ 0.4×.
+  3. a correction (box on another slice) re-propagating 10 slices vs a full re-run;
+  4. bf16 vs fp32 agreement of our masks: Dice per object volume and the worst slice.
+Targets (CPU): 1. fp32 ≤ 1.0×, bf16 ≤ 0.65× our fp32; 2. ≤ 0.65×; 3. ≤ 0.4×.
 
-    python bench/bench_engine.py [--device cpu|cuda] [--slices 48] [--json out.json]
+    python bench/bench_engine.py [--device cpu|cuda] [--slices 48] [--sides ...] [--json out.json]
+
+``--json`` keys (stable): device, slices, objects, threads, load_average {start, end},
+seconds_per_slice / three_objects_s {reference, ours_fp32, ours_bf16, ours_fp32_vs_reference,
+ours_bf16_vs_reference, bf16_vs_fp32}, correction_s {slices, ours_fp32, full_reference_run,
+ratio}, peak_rss_mb {side: MB}, encoder_calls {side: n}, bf16_vs_fp32 {dice_per_object,
+dice_worst_object, dice_worst_slice, worst_slice {object, slice}}. A side left out of
+``--sides`` leaves its figures out.
+
+To add a measurement: a ``run_*`` part in the child (its figures in the side's JSON) and a
+``*_figures(results)`` function that turns them into the report (see ``FIGURES``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +42,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 DICOM = HERE.parent.parent / "shared" / "data" / "totalseg_ct_dicom_2mm" / "dicom"
 BOXES = [(150, 200, 330, 360), (300, 180, 420, 300), (120, 260, 220, 380)]
+SIDES = ("reference", "ours_fp32", "ours_bf16")
 
 
 def make_volume(n_slices: int) -> np.ndarray:
@@ -45,7 +61,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_reference(ckpt: str, device: str, vol: np.ndarray, objects: int) -> dict:
+# ---- the sides (each in a child process) ----------------------------------------------------
+
+
+def run_reference(ckpt: str, device: str, vol: np.ndarray, objects: int,
+                  masks_out: str | None) -> dict:
     import torch
     from medsam2_reference import build_reference_predictor, reference_segment
 
@@ -64,13 +84,14 @@ def run_reference(ckpt: str, device: str, vol: np.ndarray, objects: int) -> dict
     return {"times": times, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_ours(ckpt: str, device: str, vol: np.ndarray, objects: int) -> dict:
+def run_ours(ckpt: str, device: str, vol: np.ndarray, objects: int, precision: str,
+             masks_out: str | None) -> dict:
     from medsam_server.engine import Engine
     from medsam_server.preprocess import model_input
     from medsam_server.prompts import Prompt
     from medsam_server.session import Session
 
-    engine = Engine.from_checkpoint(ckpt, device)
+    engine = Engine.from_checkpoint(ckpt, device, precision=precision)
     engine.encode(model_input(vol, "k", 0))  # warm-up, like the reference side
     key = vol.shape[0] // 2
     session = Session(engine, vol)
@@ -81,6 +102,9 @@ def run_ours(ckpt: str, device: str, vol: np.ndarray, objects: int) -> dict:
         session.propagate(n + 1)
         _sync(device)
         times.append(time.perf_counter() - t0)
+    if masks_out:  # before the correction changes object 1
+        np.savez_compressed(masks_out, **{str(n + 1): np.packbits(session.mask(n + 1))
+                                          for n in range(objects)})
     # correction: a new box 10 slices above the key slice, re-propagated over exactly 10
     # slices (5 each way; converge_iou > 1 disables the early stop so the count is fixed)
     t0 = time.perf_counter()
@@ -90,8 +114,15 @@ def run_ours(ckpt: str, device: str, vol: np.ndarray, objects: int) -> dict:
     _sync(device)
     correction = time.perf_counter() - t0
     return {"times": times, "correction": correction,
-            "correction_slices": len(report.slices) - 1,
+            "correction_slices": len(report.slices) - 1, "precision": engine.precision,
             "encoder_calls": engine.encoder_calls - 1, "peak_rss_mb": peak_rss_mb()}
+
+
+CHILDREN: dict[str, Callable[..., dict]] = {
+    "reference": run_reference,
+    "ours_fp32": lambda *a: run_ours(*a[:4], "fp32", a[4]),
+    "ours_bf16": lambda *a: run_ours(*a[:4], "bf16", a[4]),
+}
 
 
 def _sync(device: str) -> None:
@@ -103,9 +134,84 @@ def _sync(device: str) -> None:
 
 def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(HERE))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     vol = make_volume(args.slices)
-    fn = run_ours if args.side == "ours" else run_reference
-    print(json.dumps(fn(args.checkpoint, args.device, vol, args.objects)))
+    fn = CHILDREN[args.side]
+    print(json.dumps(fn(args.checkpoint, args.device, vol, args.objects, args.masks)))
+
+
+# ---- figures from the sides' results --------------------------------------------------------
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def _compare(values: dict[str, float]) -> dict[str, float | None]:
+    """A figure for each side, and the ratios the targets are about."""
+    ref, f32, b16 = (values.get(s) for s in SIDES)
+    out = dict(values)
+    out.update(ours_fp32_vs_reference=_ratio(f32, ref), ours_bf16_vs_reference=_ratio(b16, ref),
+               bf16_vs_fp32=_ratio(b16, f32))
+    return out
+
+
+def speed_figures(results: dict, args: argparse.Namespace) -> dict:
+    n = args.slices
+    return {
+        "seconds_per_slice": _compare({s: r["times"][0] / n for s, r in results.items()}),
+        "three_objects_s": _compare({s: sum(r["times"]) for s, r in results.items()}),
+    }
+
+
+def correction_figures(results: dict, args: argparse.Namespace) -> dict:
+    ours, ref = results.get("ours_fp32"), results.get("reference")
+    if ours is None:
+        return {}
+    full = ref["times"][0] if ref else None
+    return {"correction_s": {"slices": ours["correction_slices"], "ours_fp32": ours["correction"],
+                             "full_reference_run": full,
+                             "ratio": _ratio(ours["correction"], full)}}
+
+
+def memory_figures(results: dict, args: argparse.Namespace) -> dict:
+    return {"peak_rss_mb": {s: r["peak_rss_mb"] for s, r in results.items()},
+            "encoder_calls": {s: r["encoder_calls"] for s, r in results.items()
+                              if "encoder_calls" in r}}
+
+
+def agreement_figures(results: dict, args: argparse.Namespace) -> dict:
+    """Dice of our bf16 masks against our fp32 masks, per object and worst slice."""
+    if not {"ours_fp32", "ours_bf16"} <= set(results):
+        return {}
+    shape = (args.slices, 512, 512)
+    a, b = (np.load(results[s]["masks"]) for s in ("ours_fp32", "ours_bf16"))
+    per_object, worst = [], (2.0, 0, 0)
+    for key in sorted(a.files, key=int):
+        x = np.unpackbits(a[key])[:np.prod(shape)].reshape(shape).astype(bool)
+        y = np.unpackbits(b[key])[:np.prod(shape)].reshape(shape).astype(bool)
+        per_object.append(dice(x, y))
+        for k in range(shape[0]):
+            if x[k].any() or y[k].any():
+                worst = min(worst, (dice(x[k], y[k]), int(key), k))
+    return {"bf16_vs_fp32": {"dice_per_object": per_object,
+                             "dice_worst_object": min(per_object),
+                             "dice_worst_slice": worst[0] if worst[0] <= 1 else None,
+                             "worst_slice": {"object": worst[1], "slice": worst[2]}}}
+
+
+def dice(x: np.ndarray, y: np.ndarray) -> float:
+    total = np.count_nonzero(x) + np.count_nonzero(y)
+    return 1.0 if total == 0 else 2.0 * np.count_nonzero(x & y) / total
+
+
+FIGURES = (speed_figures, correction_figures, memory_figures, agreement_figures)
+
+
+# ---- the run ------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -113,12 +219,18 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--slices", type=int, default=48)
     p.add_argument("--objects", type=int, default=3)
+    p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    p.add_argument("--threads", type=int,
+                   help="torch threads per side (default torch's: all cores). On a machine "
+                        "shared with other busy processes, 1 keeps the sides comparable")
     p.add_argument("--checkpoint", help="default: a seeded random-weight checkpoint")
-    p.add_argument("--side", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--masks", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
     if args.side:
         return child(args)
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint
         if ckpt is None:
@@ -126,44 +238,58 @@ def main() -> None:
 
             ckpt = str(write_random_checkpoint(Path(tmp) / "random.pt", seed=0))
         results = {}
-        for side in ("reference", "ours"):  # separate processes: fair peak RSS
+        for side in [s for s in SIDES if s in args.sides]:  # separate processes: fair RSS
+            masks = str(Path(tmp) / f"{side}.npz")
             cmd = [sys.executable, __file__, "--side", side, "--checkpoint", ckpt,
                    "--device", args.device, "--slices", str(args.slices),
-                   "--objects", str(args.objects)]
+                   "--objects", str(args.objects), "--masks", masks]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results[side] = json.loads(out.strip().splitlines()[-1])
-    report(results, args)
-
-
-def report(results: dict, args: argparse.Namespace) -> None:
-    ref, ours = results["reference"], results["ours"]
-    n = args.slices
-    ref1, ours1 = ref["times"][0] / n, ours["times"][0] / n
-    three_ref, three_ours = sum(ref["times"]), sum(ours["times"])
-    figures = {
-        "device": args.device, "slices": n,
-        "seconds_per_slice": {"reference": ref1, "ours": ours1, "ratio": ours1 / ref1},
-        "peak_rss_mb": {"reference": ref["peak_rss_mb"], "ours": ours["peak_rss_mb"]},
-        "three_objects_s": {"reference": three_ref, "ours": three_ours,
-                            "ratio": three_ours / three_ref},
-        "correction_s": {"slices": ours["correction_slices"], "ours": ours["correction"],
-                         "full_reference_run": ref["times"][0],
-                         "ratio": ours["correction"] / ref["times"][0]},
-        "encoder_calls_ours": ours["encoder_calls"],
-    }
-    print(f"MedSAM2 engine benchmark, {n} slices of 512x512, device {args.device}")
-    print(f"{'':28}{'reference':>12}{'ours':>12}{'ratio':>8}{'target':>8}")
-    print(f"{'s/slice, 1 object':28}{ref1:12.3f}{ours1:12.3f}{ours1 / ref1:8.2f}{'<=1.00':>8}")
-    print(f"{'s, 3 objects':28}{three_ref:12.1f}{three_ours:12.1f}"
-          f"{three_ours / three_ref:8.2f}{'<=0.65':>8}")
-    print(f"{'s, correction vs full run':28}{ref['times'][0]:12.1f}{ours['correction']:12.1f}"
-          f"{ours['correction'] / ref['times'][0]:8.2f}{'<=0.40':>8}"
-          f"   ({ours['correction_slices']} slices re-propagated)")
-    print(f"{'peak RSS MB':28}{ref['peak_rss_mb']:12.0f}{ours['peak_rss_mb']:12.0f}"
-          f"{ours['peak_rss_mb'] / ref['peak_rss_mb']:8.2f}")
-    print(f"encoder calls (ours, 3 objects + correction): {ours['encoder_calls']}")
+            results[side]["masks"] = masks
+        figures: dict = {"device": args.device, "slices": args.slices, "objects": args.objects,
+                         "threads": args.threads,
+                         "load_average": {"start": load_start, "end": os.getloadavg()}}
+        for part in FIGURES:
+            figures.update(part(results, args))
+    report(figures)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+def _cell(value: float | None, fmt: str, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}{fmt}}"
+
+
+def report(f: dict) -> None:
+    print(f"MedSAM2 engine benchmark, {f['slices']} slices of 512x512, device {f['device']}, "
+          f"{f['threads'] or 'default'} thread(s), "
+          f"load average {f['load_average']['start'][0]:.2f} -> {f['load_average']['end'][0]:.2f}")
+    print(f"{'':26}{'stock':>9}{'ours fp32':>10}{'ours bf16':>10}"
+          f"{'fp32/stock':>11}{'bf16/stock':>11}{'bf16/fp32':>10}")
+    for key, label, fmt in (("seconds_per_slice", "s/slice, 1 object", ".3f"),
+                            ("three_objects_s", "s, 3 objects", ".1f")):
+        row = f[key]
+        print(f"{label:26}" + "".join(_cell(row.get(s), fmt, w) for s, w in zip(
+            SIDES, (9, 10, 10), strict=True)) + "".join(_cell(row.get(s), ".2f", w) for s, w in zip(
+            ("ours_fp32_vs_reference", "ours_bf16_vs_reference", "bf16_vs_fp32"), (11, 11, 10),
+            strict=True)))
+    print("targets: fp32/stock <= 1.00 (1 object), <= 0.65 (3 objects); bf16/fp32 <= 0.65")
+    if "correction_s" in f:
+        c = f["correction_s"]
+        print(f"correction, {c['slices']} slices re-propagated (fp32): {c['ours_fp32']:.1f} s"
+              + (f" vs a full stock run {c['full_reference_run']:.1f} s, ratio "
+                 f"{c['ratio']:.2f} (target <= 0.40)" if c["ratio"] is not None else ""))
+    print("peak RSS MB: " + ", ".join(f"{s} {v:.0f}" for s, v in f["peak_rss_mb"].items()))
+    print("encoder calls (3 objects + correction): "
+          + ", ".join(f"{s} {v}" for s, v in f["encoder_calls"].items()))
+    if "bf16_vs_fp32" in f:
+        a = f["bf16_vs_fp32"]
+        worst = "no slice with a mask" if a["dice_worst_slice"] is None else (
+            f"worst slice {a['dice_worst_slice']:.4f} (object {a['worst_slice']['object']}, "
+            f"slice {a['worst_slice']['slice']})")
+        print("bf16 vs fp32 masks: Dice per object "
+              + ", ".join(f"{d:.4f}" for d in a["dice_per_object"]) + f"; {worst}")
 
 
 if __name__ == "__main__":

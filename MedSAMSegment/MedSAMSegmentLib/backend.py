@@ -29,10 +29,12 @@ class ServerReport:
     checkpoint_sha256: str
     sessions: int
     notes: tuple[str, ...] = ()  # features switched off against an older server, and why
+    precision: str = ""  # fp32 or bf16 (empty from servers before precisions)
 
     def summary(self) -> str:
+        on = f"{self.device} in {self.precision}" if self.precision else self.device
         text = (f"medsam-server {self.version} at {self.url}: model {self.model} on "
-                f"{self.device}, checkpoint sha256 {self.checkpoint_sha256[:12]}…, "
+                f"{on}, checkpoint sha256 {self.checkpoint_sha256[:12]}…, "
                 f"{self.sessions} open session(s)")
         return "\n".join((text, *self.notes))
 
@@ -52,7 +54,8 @@ class Backend:
         client = self.client()
         info = client.info()
         return ServerReport(client.url, info.version, info.device, info.model,
-                            info.checkpoint_sha256, info.sessions, tuple(client.notes))
+                            info.checkpoint_sha256, info.sessions, tuple(client.notes),
+                            info.precision)
 
     def close(self) -> None:
         """Release what the backend holds (stops a local worker)."""

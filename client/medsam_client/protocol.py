@@ -20,6 +20,7 @@ HTTP API (all but /health need ``Authorization: Bearer <token>``):
   POST   /sessions/{sid}/propagate PropagateRequest→ JobInfo
   GET    /sessions/{sid}/objects/{oid}/mask        → ObjectMask (3D, cropped, with offset)
   POST   /sessions/{sid}/objects/{oid}/undo        → Undone  [capability "undo"]
+  POST   /sessions/{sid}/focus     FocusRequest    → Focused (202: queued)  [capability "focus"]
   DELETE /sessions/{sid}/objects/{oid}             → Deleted
   GET    /jobs/{jid}?since=N&wait=S                → JobInfo with updates[N:] (long poll ≤ S s)
   POST   /jobs/{jid}/cancel                        → JobInfo
@@ -64,8 +65,11 @@ PROTOCOL_VERSION = 1
 # What this side knows beyond major 1.0 (Info.capabilities):
 #   lease: sessions created with VolumeMeta.lease are closed when their client stops
 #          heartbeating (POST /sessions/{sid}/heartbeat) for Info.limits["lease_timeout_s"];
-#   undo:  POST /sessions/{sid}/objects/{oid}/undo takes back an object's last prompt.
-CAPABILITIES = ("lease", "undo")
+#   undo:  POST /sessions/{sid}/objects/{oid}/undo takes back an object's last prompt;
+#   focus: POST /sessions/{sid}/focus encodes the slice a user looks at, then its
+#          neighbours, while the model has nothing else to do (a prompt then needs
+#          only the decoder).
+CAPABILITIES = ("lease", "undo", "focus")
 
 # Error codes (ErrorBody.error) clients act on; one name per condition.
 SESSION_GONE = "session_gone"
@@ -275,6 +279,11 @@ class Info:
     capabilities: list[str] = field(default_factory=list)
     replica: str = ""  # this server's name behind a proxy (the prefix of its session ids)
     warm_start_s: float | None = None  # the start-up forward pass; None: skipped
+    # since --precision: "fp32" or "bf16" (bf16 autocast); "" from servers before it (they
+    # ran bf16 on CUDA, fp32 elsewhere)
+    precision: str = ""
+    # serve --compile: "off", "on", or "failed: <why>" (the encoder then runs eager)
+    compiled: str = "off"
 
 
 @dataclass
@@ -401,6 +410,27 @@ class Undone:
     object_removed: bool
     undo_left: int  # prompts of this object that can still be taken back
     updates: list[SliceUpdate] = field(default_factory=list)
+
+
+@dataclass
+class FocusRequest:
+    """The slice a user looks at (capability "focus"): scrolled to, or in the view just
+    entered. The server encodes it, then its neighbours outwards (index, +1, -1, +2, ...),
+    at the lowest priority: any prompt, deletion or propagation goes first."""
+
+    axis: Axis
+    index: int
+
+
+@dataclass
+class Focused:
+    """The answer to a focus (HTTP 202): queued, not done; ``message`` says what."""
+
+    session_id: str
+    axis: Axis
+    index: int
+    replaced: bool  # the session's earlier focus was dropped for this one
+    message: str
 
 
 # ---- (de)serialisation for the client ------------------------------------------------

@@ -64,6 +64,8 @@ class BatchSettings:
     seed: int = 0
     labels: tuple[int, ...] | None = None
     tolerance_mm: float = 2.0
+    # as asked (auto/fp32/bf16): fp32 and bf16 masks differ on a few edge voxels
+    precision: str = "auto"
 
     def as_json(self) -> dict:
         data = asdict(self)

@@ -50,22 +50,27 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     device: str = "auto"
     threads: int | None = None  # torch threads per actor; default: its CPUs
+    precision: str = "auto"
 
 
 class CaseWorker:
     """A Ray actor: one engine for its whole life, one case at a time."""
 
-    def __init__(self, checkpoint: bytes, device: str, threads: int) -> None:
+    def __init__(self, checkpoint: bytes, device: str, threads: int,
+                 precision: str = "auto") -> None:
         from .engine import Engine
 
         # torch.load wants a file; a private copy on the worker's own disk
         with tempfile.TemporaryDirectory(prefix="medsam-ckpt-") as tmp:
             path = Path(tmp) / "checkpoint.pt"
             path.write_bytes(checkpoint)
-            self.engine = Engine.from_checkpoint(path, device, threads)
+            self.engine = Engine.from_checkpoint(path, device, threads, precision=precision)
 
     def device(self) -> str:
         return str(self.engine.device)
+
+    def precision(self) -> str:
+        return self.engine.precision
 
     def segment(self, prepared: PreparedCase, settings: BatchSettings) -> CaseOutcome:
         return segment_case(self.engine, prepared, settings)
@@ -139,14 +144,16 @@ def _run(ledger: BatchLedger, todo: list[Case], checkpoint: Path, options: RayOp
     actor_class = ray.remote(CaseWorker).options(num_cpus=options.cpus_per_worker,
                                                  num_gpus=options.gpus_per_worker)
     weights = ray.put(checkpoint.read_bytes())
-    actors = [actor_class.remote(weights, options.device, threads) for _ in range(n)]
+    actors = [actor_class.remote(weights, options.device, threads, options.precision)
+              for _ in range(n)]
     try:  # a checkpoint or environment problem shows here, before any case runs
         devices = ray.get([a.device.remote() for a in actors])
+        precisions = ray.get([a.precision.remote() for a in actors])
     except ray.exceptions.RayError as exc:
         raise BatchError(f"Ray workers could not load the model: {_cause(exc)}") from None
     ledger.start()  # only now: a batch that cannot start leaves nothing behind
-    print(f"ray: {n} worker(s) on {', '.join(sorted(set(devices)))}, {threads} thread(s) each",
-          file=sys.stderr)
+    print(f"ray: {n} worker(s) on {', '.join(sorted(set(devices)))}, {threads} thread(s) each, "
+          f"in {', '.join(sorted(set(precisions)))}", file=sys.stderr)
 
     bar = None if quiet else tqdm(total=len(todo), unit="case", file=sys.stderr, desc="cases")
     pending = list(todo)
@@ -195,7 +202,7 @@ def _finish(ledger: BatchLedger, ref: object, actor: object, case: Case, image: 
         outcome: CaseOutcome = ray.get(ref)
     except ray.exceptions.RayActorError as exc:
         # the worker died (e.g. out of memory): record the case, start a fresh worker
-        free.append(actor_class.remote(weights, options.device, threads))  # type: ignore[attr-defined]
+        free.append(actor_class.remote(weights, options.device, threads, options.precision))  # type: ignore[attr-defined]
         message = ledger.record_failure(case, RuntimeError(f"Ray worker died: {_cause(exc)}"),
                                         spent)
         _note(bar, f"{case.name}: failed: {message}")

@@ -26,6 +26,12 @@ from .checkpoints import (
     resolve_checkpoint,
 )
 from .cli_batch import add_parsers as add_batch_parsers
+from .cli_options import (
+    add_checkpoint_options,
+    add_precision_argument,
+    add_segmentation_options,
+    precision_note,
+)
 from .evaluate import EvaluationError
 from .preprocess import PreprocessError
 from .prompts import Prompt, PromptError, check_slice_prompt
@@ -42,26 +48,13 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="NIfTI, NRRD, MHA file or a DICOM series folder")
     p.add_argument("-o", "--output", required=True,
                    help="output mask: .nii.gz, .nrrd or .seg.nrrd (on the input's grid)")
-    p.add_argument("--checkpoint", help="MedSAM2 checkpoint (.pt); default: "
-                   "$MEDSAM2_CHECKPOINT or the cache (see 'medsam-server checkpoints')")
-    p.add_argument("--download", action="store_true",
-                   help="download the default release into the cache if it is missing")
+    add_checkpoint_options(p)
     p.add_argument("--slice", type=int, help="key slice index along --axis")
     p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                    help="box on the key slice, x along columns, y along rows (voxels)")
-    p.add_argument("--axis", choices=["k", "j", "i"], default="k",
-                   help="slice axis: k → arr[k], j → arr[:, j, :], i → arr[:, :, i]")
-    p.add_argument("--modality", choices=["ct", "mr", "none"], default="ct")
-    p.add_argument("--window", type=float, nargs=2, metavar=("LEVEL", "WIDTH"),
-                   help="CT window (default 40 400)")
-    p.add_argument("--recipe", choices=["box", "mask"], default="box",
-                   help="propagate from the box (MedSAM2 default) or from the key-slice mask")
-    p.add_argument("--no-lcc", action="store_true",
-                   help="keep every connected component (default: the largest one)")
-    p.add_argument("--stop-after-empty", type=int, default=0, metavar="N",
-                   help="stop a direction after N slices without the object (0 = never)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_segmentation_options(
+        p, axis_help="slice axis: k → arr[k], j → arr[:, j, :], i → arr[:, :, i]",
+        threads_help="CPU threads for torch")
     p.add_argument("--prompts", help="JSON file with several objects (see README)")
     p.add_argument("--name", default="Segment_1", help="segment name (single object)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -79,6 +72,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="bearer token (default $MEDSAM_TOKEN); required off loopback")
     p.add_argument("--checkpoint", help="MedSAM2 checkpoint (.pt)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    add_precision_argument(p)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the image encoder at start-up (minutes; then faster "
+                        "slices, for long-lived GPU servers); if it fails the server says so "
+                        "in its log and /info and runs eager")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--log-file", help="also write the log here (no image data is logged)")
     p.add_argument("--idle-timeout", type=float, default=1800.0,
@@ -183,7 +181,10 @@ def _segment_local(args: argparse.Namespace, specs: list[ObjectSpec],
     volume_u8 = window_to_uint8(volume.array, args.modality,  # type: ignore[attr-defined]
                                 tuple(args.window) if args.window else None)
     checkpoint = resolve_checkpoint(args.checkpoint, download=args.download)
-    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads)
+    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
+                                    precision=args.precision)
+    if not args.quiet:
+        print(precision_note(engine), file=sys.stderr)
     session = Session(engine, volume_u8)
     bar = None if args.quiet else _progress_bar(specs, session)
     try:
@@ -194,7 +195,8 @@ def _segment_local(args: argparse.Namespace, specs: list[ObjectSpec],
     finally:
         if bar:
             bar.close()
-    return labels, overlap, f"on {engine.device}, {engine.encoder_calls} slices encoded"
+    return labels, overlap, (f"on {engine.device} in {engine.precision}, "
+                             f"{engine.encoder_calls} slices encoded")
 
 
 def _progress_bar(specs: list[ObjectSpec], session: object):  # noqa: ANN202

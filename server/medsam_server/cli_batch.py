@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .batch import FORMATS, BatchError, BatchSettings, read_manifest
 from .batch_run import BatchLedger, report
+from .cli_options import add_checkpoint_options, add_segmentation_options, precision_note
 from .evaluate import (
     DEFAULT_TOLERANCE_MM,
     EvaluationError,
@@ -59,10 +60,7 @@ def _batch_parser(sub: argparse._SubParsersAction) -> None:
                     "same command to resume.")
     p.add_argument("manifest", metavar="MANIFEST", help="CSV with a header row")
     p.add_argument("-o", "--output", metavar="OUTDIR", required=True, help="output folder")
-    p.add_argument("--checkpoint", help="MedSAM2 checkpoint (.pt); default: "
-                   "$MEDSAM2_CHECKPOINT or the cache (see 'medsam-server checkpoints')")
-    p.add_argument("--download", action="store_true",
-                   help="download the default release into the cache if it is missing")
+    add_checkpoint_options(p)
     g = p.add_argument_group("prompts from reference masks")
     g.add_argument("--boxes-from-reference", action="store_true",
                    help="one box per reference label: its bounding box on its largest slice")
@@ -72,18 +70,9 @@ def _batch_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--labels", type=int, nargs="+", metavar="L",
                    help="only these reference labels get a box")
     g = p.add_argument_group("segmentation (as for segment, applied to every case)")
-    g.add_argument("--axis", choices=["k", "j", "i"], default="k",
-                   help="slice axis of the reference boxes (prompts files name their own)")
-    g.add_argument("--modality", choices=["ct", "mr", "none"], default="ct")
-    g.add_argument("--window", type=float, nargs=2, metavar=("LEVEL", "WIDTH"),
-                   help="CT window (default 40 400)")
-    g.add_argument("--recipe", choices=["box", "mask"], default="box")
-    g.add_argument("--no-lcc", action="store_true",
-                   help="keep every connected component (default: the largest one)")
-    g.add_argument("--stop-after-empty", type=int, default=0, metavar="N",
-                   help="stop a direction after N slices without the object (0 = never)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (per Ray worker too)")
+    add_segmentation_options(
+        g, axis_help="slice axis of the reference boxes (prompts files name their own)",
+        threads_help="CPU threads for torch (per Ray worker too)")
     g = p.add_argument_group("outputs")
     g.add_argument("--format", choices=FORMATS, default="seg.nrrd",
                    help="OUTDIR/<case>.seg.nrrd (default) or .nii.gz")
@@ -139,7 +128,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         except ImportError:
             raise BatchError(RAY_MISSING) from None
         ray_options = RayOptions(args.ray or None, args.workers, args.cpus_per_worker,
-                                 args.gpus_per_worker, args.device, args.threads)
+                                 args.gpus_per_worker, args.device, args.threads,
+                                 args.precision)
     checkpoint = resolve_checkpoint(args.checkpoint, download=args.download)
     settings = BatchSettings(
         checkpoint_sha256=sha256_file(checkpoint), format=args.format, axis=args.axis,
@@ -147,7 +137,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         recipe=args.recipe, lcc=not args.no_lcc, stop_after_empty=args.stop_after_empty,
         boxes_from_reference=args.boxes_from_reference, box_jitter=args.box_jitter,
         seed=args.seed, labels=tuple(sorted(set(args.labels))) if args.labels else None,
-        tolerance_mm=tolerance)
+        tolerance_mm=tolerance, precision=args.precision)
     ledger = BatchLedger(Path(args.output), cases, settings)
     todo = ledger.plan()
     skipped = len(cases) - len(todo)
@@ -165,7 +155,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
             def load_engine() -> object:
                 from .engine import Engine
 
-                return Engine.from_checkpoint(checkpoint, args.device, args.threads)
+                engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
+                                                precision=args.precision)
+                if not args.quiet:
+                    print(precision_note(engine), file=sys.stderr)
+                return engine
 
             finished = run_local(ledger, todo, load_engine, quiet=args.quiet)
     except KeyboardInterrupt:  # a second Ctrl-C: no partial file either (atomic writes)

@@ -134,11 +134,68 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, as MedSAM2 runs; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+PRECISIONS = ("auto", "fp32", "bf16")
+# x86 flags of native bf16 arithmetic (AVX512-BF16 dot products, AMX tiles); without them
+# oneDNN emulates bf16 with conversions and it is no faster than fp32
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (empty elsewhere: nothing to detect from)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic natively (tests mock this one function)."""
+    return bool(cpu_flags() & NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``/``fp32``/``bf16`` → the precision used on ``device``: ``fp32`` or ``bf16``.
+
+    ``auto``: bf16 on CUDA (MedSAM2 is trained and evaluated under bf16 autocast) and on
+    CPUs with native bf16; fp32 elsewhere (MPS: bf16 there is not verified).
+    """
+    name = str(name).lower()
+    if name not in PRECISIONS:
+        raise DeviceError(f"unknown precision {name!r}: use auto, fp32 or bf16")
+    if name != "auto":
+        return name
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return "bf16"
+    return "fp32"
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast a model step runs under: bf16 autocast, or none for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise DeviceError(f"precision must be fp32 or bf16 here, not {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def check_autocast(device: torch.device, precision: str) -> None:
+    """Fail if ``precision`` would not really apply on ``device``: torch.autocast only warns
+    and runs in full precision for a device or dtype it does not support."""
+    if precision == "fp32":
+        return
+    try:
+        with autocast_for(device, precision):
+            enabled = torch.is_autocast_enabled(device.type)
+            dtype = torch.get_autocast_dtype(device.type) if enabled else None
+    except RuntimeError:  # some devices refuse outright instead of warning
+        dtype = None
+    if dtype != torch.bfloat16:
+        raise DeviceError(f"--precision {precision} is not supported on {device.type} by this "
+                          f"torch {torch.__version__}: use --precision fp32")
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "auto"

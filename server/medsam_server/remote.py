@@ -32,11 +32,11 @@ def segment_remote(args: argparse.Namespace, specs: list[ObjectSpec],
     """
     if not args.quiet:
         ignored = [f"--{n}" for n in ("checkpoint", "threads") if getattr(args, n, None)]
-        ignored += ["--device"] if getattr(args, "device", "auto") != "auto" else []
+        ignored += [f"--{n}" for n in ("device", "precision") if getattr(args, n, "auto") != "auto"]
         ignored += ["--download"] if getattr(args, "download", False) else []
         if ignored:
-            print(f"note: {', '.join(ignored)} ignored with --server (the server's model and "
-                  "device are used)", file=sys.stderr)
+            print(f"note: {', '.join(ignored)} ignored with --server (the server's model, "
+                  "device and precision are used)", file=sys.stderr)
     token = args.token or os.environ.get("MEDSAM_TOKEN")
     with MedSAMClient(args.server, token) as client:
         labels, overlap = _segment(client, volume, specs, args)
@@ -47,8 +47,9 @@ def _segment(client: MedSAMClient, volume: Volume, specs: list[ObjectSpec],
              args: argparse.Namespace) -> tuple[np.ndarray, int]:
     info = client.info()  # token and protocol checked before the upload
     if not args.quiet:
-        print(f"medsam-server {info.version} at {args.server} ({info.model} on {info.device}); "
-              "uploading the volume", file=sys.stderr)
+        arithmetic = f" in {info.precision}" if info.precision else ""
+        print(f"medsam-server {info.version} at {args.server} ({info.model} on {info.device}"
+              f"{arithmetic}); uploading the volume", file=sys.stderr)
     session = client.upload(volume.array, spacing=volume.spacing, origin=volume.origin,
                             direction=volume.direction, modality=args.modality,
                             window=args.window, name=Path(args.input).name)

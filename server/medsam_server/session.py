@@ -343,8 +343,8 @@ class Session:
             if cancel is not None and cancel.is_set():
                 raise Cancelled
             old = self._slice(obj, axis, index) if index in tracked_before else None
-            out = self.engine.track_step(self._features(axis, index), memory, index, n,
-                                         reverse=step < 0)
+            fpn = self._features_ahead(axis, index, step, end, state.prompts)
+            out = self.engine.track_step(fpn, memory, index, n, reverse=step < 0)
             memory["non_cond_frame_outputs"][index] = out.memory
             result = self._store(obj, state, object_id, axis, index, out)
             report.slices.append(index)
@@ -356,6 +356,28 @@ class Session:
             if old is not None and _iou(old, result.mask) >= converge_iou:
                 break
 
+    def prefetch(self, axis: str, index: int, *, max_bytes: int | None = None) -> bool:
+        """Encode a slice into the feature cache ahead of need (the service's focus, while
+        the user draws); returns whether it encoded. Only when absent and when it fits
+        without evicting anything (the cache's budget, and ``max_bytes`` more at most):
+        work done on a guess must never push out features a prompt or a job uses."""
+        from .features import tensors_nbytes
+
+        if (axis, index) in self.cache:
+            return False
+
+        def fits(nbytes: int) -> bool:
+            return self.cache.has_room(nbytes) and (max_bytes is None or nbytes <= max_bytes)
+
+        # every slice's features have one size: the cached ones say it before encoding
+        if len(self.cache) and not fits(self.cache.nbytes // len(self.cache)):
+            return False
+        fpn = self.engine.encode(model_input(self.volume, axis, index, self.engine.image_size))
+        if not fits(tensors_nbytes(fpn)):
+            return False
+        self.cache.put((axis, index), fpn)
+        return True
+
     def _features(self, axis: str, index: int) -> list[torch.Tensor]:
         key = (axis, index)
         fpn = self.cache.get(key)
@@ -363,6 +385,34 @@ class Session:
             fpn = self.engine.encode(model_input(self.volume, axis, index, self.engine.image_size))
             self.cache.put(key, fpn)
         return fpn
+
+    def _features_ahead(self, axis: str, index: int, step: int, end: int,
+                        prompts: dict[int, Prompt]) -> list[torch.Tensor]:
+        """``index``'s features; on a miss, also those of the next slices of this pass not
+        yet cached, encoded together in one batch (the encoder needs no memory, so it can
+        run ahead of the chain). A batch is at most ``engine.encode_batch`` slices and as
+        many as the cache holds, so a stop condition wastes at most that much work and the
+        batch never evicts its own slices."""
+        size = self.engine.encode_batch
+        per_slice = self.engine.slice_feature_bytes
+        if size > 1:  # never more than the cache holds (unknown size: one by one)
+            size = min(size, self.cache.budget_bytes // per_slice) if per_slice else 1
+        if size <= 1 or (axis, index) in self.cache:
+            return self._features(axis, index)
+        todo = [index]
+        nxt = index + step
+        # the pass ends at ``end`` or at the next prompted slice
+        while len(todo) < size and (nxt - end) * step <= 0 and nxt not in prompts:
+            if (axis, nxt) not in self.cache:
+                todo.append(nxt)
+            nxt += step
+        if len(todo) == 1:
+            return self._features(axis, index)
+        px = self.engine.image_size
+        fpns = self.engine.encode_many([model_input(self.volume, axis, i, px) for i in todo])
+        for i, f in zip(todo, fpns, strict=True):
+            self.cache.put((axis, i), f)
+        return fpns[0]
 
     def _store(self, obj: _Object, state: _AxisState, object_id: int, axis: str, index: int,
                out: StepOutput) -> SliceResult:

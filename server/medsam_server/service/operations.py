@@ -8,7 +8,8 @@ goes to the same worker.
 Every work item holds a ``Claim`` on its session (claims.py) from the moment the request
 is accepted until the item has run (or was refused), in a ``try/finally``; a job holds
 its own claim from the moment it exists, so a session closed at any point in between
-(deleted, expired, lease lapsed, server shutting down) never stays pinned.
+(deleted, expired, lease lapsed, server shutting down) never stays pinned. A focus
+(focus.py) is the exception: queued, it holds nothing; it claims one slice at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from medsam_client.protocol import (
     PROTOCOL_VERSION,
     Deleted,
     ErrorBody,
+    Focused,
+    FocusRequest,
     Info,
     JobInfo,
     Lease,
@@ -55,6 +58,7 @@ from .errors import (
     Unavailable,
     WrongState,
 )
+from .focus import FocusWork
 from .jobs import Job, JobStore
 from .sessions import ServiceSession, SessionRegistry
 from .worker import ModelWorker
@@ -131,7 +135,8 @@ class Service:
                     jobs_queued=self.jobs.pending(), memory=self.sessions.memory(),
                     limits=self.config.limits(), encodings=list(available_encodings()),
                     capabilities=list(CAPABILITIES), replica=self.config.replica,
-                    warm_start_s=self.config.warm_start_s)
+                    warm_start_s=self.config.warm_start_s, precision=self.engine.precision,
+                    compiled=self.engine.compiled)
 
     # ---- sessions ------------------------------------------------------------------
     def session_info(self, s: ServiceSession) -> SessionInfo:
@@ -150,6 +155,9 @@ class Service:
 
     def delete_session(self, s: ServiceSession) -> Deleted:
         self.sessions.remove(s, "deleted by the client")  # cancels its job
+        focus = self.worker.drop_idle(s.session_id)
+        if isinstance(focus, FocusWork):
+            focus.end("closed")
         return Deleted(s.session_id)
 
     def _ready(self, s: ServiceSession) -> Session:
@@ -264,6 +272,38 @@ class Service:
         except Unavailable:  # shutting down: give back what was claimed
             claim.release()
             raise
+
+    # ---- focus (focus.py) ------------------------------------------------------------
+    def focus(self, s: ServiceSession, req: FocusRequest) -> Focused:
+        """Queue encoding around the slice the user looks at; answers at once."""
+        work, replaced = self.start_focus(s, req)
+        after = " after the session's propagation," if s.work.job_id is not None else ""
+        return Focused(s.session_id, req.axis, req.index, replaced,
+                       f"slice {req.index} along axis {req.axis}, then its neighbours, will be "
+                       f"encoded{after} while the model has nothing else to do"
+                       + ("; the session's earlier focus is dropped" if replaced else ""))
+
+    def start_focus(self, s: ServiceSession, req: FocusRequest) -> tuple[FocusWork, bool]:
+        """Check the request, make its FocusWork the session's idle work; (work, whether
+        it replaced an earlier focus)."""
+        es = self._ready(s)
+        self._still_open(s)
+        if req.axis not in ("k", "j", "i"):
+            raise BadInput(f"axis must be k, j or i, not {req.axis!r}")
+        n = es.num_slices(req.axis)
+        if isinstance(req.index, bool) or not isinstance(req.index, int) \
+                or not 0 <= req.index < n:
+            raise BadInput(f"slice index {req.index} is outside 0..{n - 1} along axis "
+                           f"{req.axis} of session {s.session_id}")
+        work = FocusWork(s, req.axis, req.index, n, self._memory_room)
+        old = self.worker.set_idle(s.session_id, work)
+        if isinstance(old, FocusWork):
+            old.end("replaced")
+        return work, old is not None
+
+    def _memory_room(self) -> int:
+        """Bytes left under the server's memory budget (focus never goes past it)."""
+        return self.config.memory_budget_bytes - self.sessions.memory()["total"]
 
     # ---- propagation ---------------------------------------------------------------
     def propagate(self, s: ServiceSession, req: PropagateRequest) -> Future:

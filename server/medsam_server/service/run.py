@@ -130,10 +130,11 @@ def _exit_like_sigterm() -> None:
 
 
 def warm_up(engine: Engine) -> float:
-    """One prompt and one tracking step on a dummy 2-slice volume (a throw-away session
-    and cache); returns the seconds it took, the device synchronised."""
+    """One prompt and tracking steps on a dummy volume (a throw-away session and cache):
+    one slice prompted, then one full encoder batch ahead of the chain (its own kernels
+    and plans on a GPU); returns the seconds it took, the device synchronised."""
     t0 = time.perf_counter()
-    volume = np.zeros((2, 64, 64), np.uint8)
+    volume = np.zeros((1 + engine.encode_batch, 64, 64), np.uint8)
     volume[:, 16:48, 16:48] = 200  # something for the decoder and memory encoder to find
     session = Session(engine, volume, undo_depth=0)
     session.add_prompt(1, "k", 0, Prompt(box=(16.0, 16.0, 48.0, 48.0)))
@@ -143,6 +144,32 @@ def warm_up(engine: Engine) -> float:
 
         torch.cuda.synchronize(engine.device)
     return time.perf_counter() - t0
+
+
+def load_engine(args: argparse.Namespace, checkpoint: Path, budget_bytes: int) -> Engine:
+    """The engine ``serve`` runs: device, threads, precision, and ``--compile``."""
+    # one session's feature cache may use half the budget; the rest is shared
+    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
+                                    precision=getattr(args, "precision", "auto"),
+                                    feature_cache_bytes=min(DEFAULT_FEATURE_CACHE_BYTES,
+                                                            budget_bytes // 2))
+    if getattr(args, "compile", False):
+        compile_encoder(engine)
+    return engine
+
+
+def compile_encoder(engine: Engine) -> None:
+    """``serve --compile``: compile the image encoder now, and say loudly (log, ``/info``
+    ``compiled``) when it could not be compiled and runs eager instead."""
+    log.info("compiling the image encoder (torch.compile, batches of 1 and %d); this takes "
+             "a while", engine.encode_batch)
+    t0 = time.perf_counter()
+    status = engine.compile_encoder()
+    if status == "on":
+        log.info("image encoder compiled in %.1f s", time.perf_counter() - t0)
+    else:
+        log.error("--compile: the image encoder could not be compiled, serving it eager: %s",
+                  status.removeprefix("failed: "))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -189,11 +216,7 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, sock: socket.socket)
     if getattr(args, "parent_pid", None):  # watch during the model load too
         _watch_parent(args.parent_pid, _exit_like_sigterm)
     checkpoint = resolve_checkpoint(args.checkpoint)  # CheckpointError: the CLI reports it
-    budget = config.memory_budget_bytes
-    # one session's feature cache may use half the budget; the rest is shared
-    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
-                                    feature_cache_bytes=min(DEFAULT_FEATURE_CACHE_BYTES,
-                                                            budget // 2))
+    engine = load_engine(args, checkpoint, config.memory_budget_bytes)
     warm_s = None
     if getattr(args, "warm_start", True):
         warm_s = warm_up(engine)
@@ -218,8 +241,8 @@ def _serve(args: argparse.Namespace, config: ServiceConfig, sock: socket.socket)
         app, log_config=None, access_log=False, server_header=False, lifespan="off",
         limit_concurrency=256, timeout_keep_alive=5, timeout_graceful_shutdown=5,
         proxy_headers=False))
-    log.info("serving %s on %s (%s)%s, memory budget %d MB, idle timeout %g s, lease timeout "
-             "%g s", checkpoint.name, engine.device,
+    log.info("serving %s on %s in %s (%s)%s, memory budget %d MB, idle timeout %g s, lease "
+             "timeout %g s", checkpoint.name, engine.device, engine.precision,
              "loopback" if _is_loopback(sock) else "NETWORK",
              f", replica {config.replica}" if config.replica else "", args.memory_budget_mb,
              config.idle_timeout_s, config.lease_timeout_s)
