@@ -609,3 +609,23 @@ def test_checkpoints_progress_json_misuse(argv, needle):
     rc, out, err = cli("checkpoints", *argv)
     assert rc == 2 and out == ""
     assert err.startswith(ERROR_PREFIX) and needle in err and len(err.splitlines()) == 1
+
+
+def test_the_program_exits_at_once_with_its_output_whole(random_checkpoint, mr_crop, tmp_path):
+    """As a program, a finished segment skips the interpreter's teardown (os._exit): the
+    file is complete, the last message is flushed and the exit status is the command's."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "mr.nii.gz"
+    done = subprocess.run([sys.executable, "-m", "medsam_server.cli", "segment", str(mr_crop),
+                           "-o", str(out), "--checkpoint", str(random_checkpoint), "--device",
+                           "cpu", "--modality", "mr", "--slice", "4", "--box", "30", "30",
+                           "80", "70"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}" in done.stderr  # flushed before the exit
+    assert read_volume(out).array.shape == (8, 91, 117)
+    bad = subprocess.run([sys.executable, "-m", "medsam_server.cli", "segment", str(mr_crop),
+                          "-o", str(tmp_path / "x.nii.gz"), "--slice", "99", "--box", "1", "1",
+                          "5", "5"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "medsam-server: error:" in bad.stderr

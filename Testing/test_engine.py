@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -252,3 +253,21 @@ def test_plan_uses_pending_prompts_inside_the_range(engine: Engine, vol: np.ndar
     assert plan.starts == (0,) and plan.max_slices == 2
     assert session.plan_propagation(1).starts == (2,)
     assert session.plan_propagation(1).max_slices == 3
+
+
+def test_segment_objects_frees_the_features_before_post_processing(engine, vol):
+    from medsam_server.features import return_freed_memory
+    from medsam_server.pipeline import segment_objects
+    from medsam_server.postprocess import add_object
+    from medsam_server.specs import DEFAULT_COLORS, ObjectSpec
+
+    crop = np.ascontiguousarray(vol[KEY - 1:KEY + 2])
+    session = Session(engine, crop)
+    spec = ObjectSpec(1, "liver", "k", 1, Prompt(box=BOX), DEFAULT_COLORS[0])
+    labels, overlap = segment_objects(session, [spec])
+    assert len(session.cache) == 0 and session.cache.nbytes == 0  # freed for the LCC pass
+    expected = np.zeros(crop.shape, np.uint8)
+    add_object(expected, session.mask(1), 1, lcc=True)  # same result as before the change
+    np.testing.assert_array_equal(labels, expected)
+    assert overlap == 0 and labels.any()
+    assert return_freed_memory() is sys.platform.startswith("linux")

@@ -30,13 +30,17 @@ def segment_objects(session: Session, specs: list[ObjectSpec], *, recipe: Recipe
     """
     for spec in specs:  # check every prompt before spending time on the model
         session.check_prompt(spec.axis, spec.slice, spec.prompt)
-    labels = np.zeros(session.shape, dtype=np.uint8)
-    overlap = 0
     for spec in specs:
         result = session.add_prompt(spec.label, spec.axis, spec.slice, spec.prompt)
         if recipe == "mask":  # MedSAM2's alternative: feed the key-slice mask back as a mask prompt
             session.add_prompt(spec.label, spec.axis, spec.slice, Prompt(mask=result.mask))
         session.propagate(spec.label, spec.axis, stop_after_empty=stop_after_empty,
                           progress=progress)
+    # The model's work is done: its cached slice features (up to the cache budget, 2 GB by
+    # default) go before the connected-component pass allocates its own volumes.
+    session.release_features()
+    labels = np.zeros(session.shape, dtype=np.uint8)
+    overlap = 0
+    for spec in specs:
         overlap += add_object(labels, session.mask(spec.label), spec.label, lcc=lcc)
     return labels, overlap

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from skimage.measure import label as cc_label
 
 
@@ -17,7 +18,7 @@ def largest_connected_component(mask: np.ndarray) -> np.ndarray:
     out = np.zeros(fg.shape, dtype=bool)
     if not fg.any():
         return out
-    # Label only the bounding box: label() returns int64 per voxel, 8x a bool volume.
+    # Label only the bounding box: labels take 4 bytes a voxel, 4x a bool volume.
     # Cropping keeps the raster order of components, so tie-breaking is unchanged.
     box = tuple(
         slice(int(idx[0]), int(idx[-1]) + 1)
@@ -26,7 +27,11 @@ def largest_connected_component(mask: np.ndarray) -> np.ndarray:
             for axis in range(fg.ndim)
         )
     )
-    labels = cc_label(fg[box], connectivity=fg.ndim)
+    # SciPy's label with int32 output: half of skimage's int64 on a 600-slice CT (0.6 GB
+    # less), the same components numbered the same way (first voxel in raster order), so
+    # MedSAM2's tie-break holds (tested against getLargestCC itself).
+    full = np.ones((3,) * fg.ndim, dtype=bool)
+    labels, _ = ndimage.label(fg[box], structure=full, output=np.int32)
     counts = np.bincount(labels.ravel())
     out[box] = labels == int(np.argmax(counts[1:])) + 1
     return out

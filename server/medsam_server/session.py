@@ -356,6 +356,16 @@ class Session:
             if old is not None and _iou(old, result.mask) >= converge_iou:
                 break
 
+    def release_features(self) -> int:
+        """Drop every cached slice feature (they are encoded again if needed) and give the
+        memory back to the OS; returns the bytes the cache held."""
+        from .features import return_freed_memory
+
+        freed = self.cache.nbytes
+        self.cache.clear()
+        return_freed_memory()
+        return freed
+
     def prefetch(self, axis: str, index: int, *, max_bytes: int | None = None) -> bool:
         """Encode a slice into the feature cache ahead of need (the service's focus, while
         the user draws); returns whether it encoded. Only when absent and when it fits
