@@ -150,8 +150,7 @@ class Controller:
         except (UserError, GeometryError, AnnotationError, MedSAMError, ValueError) as exc:
             self.on_message(_text(exc), "warning")
             return False
-        changed = window_change(self.ctx.source_volume_node(), self.volume.upload)
-        if changed:
+        if changed := window_change(self.ctx.source_volume_node(), self.volume.upload):
             self.on_message(changed, "info")
         session, state = self.session, self.state
         if self.propagating:
@@ -292,8 +291,7 @@ class Controller:
             self.on_message("Wait for the propagation to end (or Cancel it) before Apply.",
                             "warning")
             return 0
-        objs = self._targets(all_segments)
-        objs = [o for o in objs if o.pending]
+        objs = [o for o in self._targets(all_segments) if o.pending]
         if not objs:
             self.on_message("There is no MedSAM2 result to apply.", "info")
             return 0
@@ -338,10 +336,8 @@ class Controller:
         self.on_change()
 
     def _targets(self, all_segments: bool) -> list[ObjectState]:
-        if self.state is None:
-            return []
         if all_segments:
-            return self.state.objects()
+            return self.state.objects() if self.state is not None else []
         obj = self.object_of(self.ctx.selected_segment_id())
         return [obj] if obj is not None else []
 

@@ -138,11 +138,10 @@ class ServerSession:
         if handle is None:
             return False
         backend = self.backend()
-        client = backend.client()
-        if (id(backend), backend.generation) != self._served_by:
+        if (id(backend), backend.generation) != self._served_by:  # restarted: no session
             return False
         try:
-            return client.focus(handle, axis, index)  # type: ignore[arg-type]
+            return backend.client().focus(handle, axis, index)  # type: ignore[arg-type]
         except MedSAMError as exc:
             if exc.code == SESSION_GONE:
                 return False

@@ -35,16 +35,19 @@ import numpy as np
 import requests
 
 from . import protocol as P
+from .errors import (  # noqa: F401  (SESSION_GONE, JOB_GONE: part of this module's API)
+    JOB_GONE,
+    SESSION_GONE,
+    UNSUPPORTED,
+    MedSAMError,
+    error_from_response,
+    reason,
+)
 from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 Timeout = tuple[float, float]
 TERMINAL_JOB_STATES = ("done", "cancelled", "failed")
-# MedSAMError.code for a session / job the server does not know (any more): upload again
-# (the protocol's own error codes: one name per condition, on the wire and here)
-SESSION_GONE = P.SESSION_GONE
-JOB_GONE = P.JOB_GONE
-UNSUPPORTED = "unsupported"  # the server lacks the capability a call needs
 _RETRY_STATUS = (502, 503, 504)
 # what a missing capability switches off, said to the user (MedSAMClient.notes)
 _WITHOUT = {
@@ -53,16 +56,6 @@ _WITHOUT = {
     "undo": "cannot take back prompts (undo is switched off)",
     "focus": "does not encode slices ahead while you scroll (boxes wait for the encoder)",
 }
-
-
-class MedSAMError(Exception):
-    """Any failure talking to medsam-server. ``status``: HTTP status; ``code``: error code."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
 
 
 @dataclass
@@ -427,7 +420,7 @@ class MedSAMClient:
             except requests.ConnectionError as exc:
                 if last_try:
                     raise MedSAMError(f"cannot reach medsam-server at {self.url}: "
-                                      f"{_reason(exc)}; is it running?",
+                                      f"{reason(exc)}; is it running?",
                                       code="unreachable") from None
                 time.sleep(0.25 * 2 ** attempt)
                 continue
@@ -438,7 +431,11 @@ class MedSAMClient:
                 time.sleep(0.25 * 2 ** attempt)
                 continue
             if resp.status_code >= 400:
-                raise self._http_error(resp, method, path)
+                error = error_from_response(self.url, resp, method, path)
+                if error.status == 404 and error.code == SESSION_GONE \
+                        and path.startswith("/sessions/"):
+                    self._heartbeat.remove(path.split("/")[2])  # no more heartbeats for it
+                raise error
             try:
                 return resp.json()
             except ValueError:
@@ -446,33 +443,6 @@ class MedSAMClient:
                                   f"not JSON ({resp.text[:80]!r}); is it a medsam-server?",
                                   status=resp.status_code, code="bad_response") from None
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _http_error(self, resp: requests.Response, method: str, path: str) -> MedSAMError:
-        status = resp.status_code
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict) and "message" in body:
-            code, message = str(body.get("error", "")), str(body["message"])
-            code = P.LEGACY_ERROR_CODES.get(code, code)  # an older server's name for it
-        elif isinstance(body, dict) and "detail" in body:  # a framework default error
-            code, message = "http_error", str(body["detail"])
-        else:
-            code, message = "http_error", f"HTTP {status} ({resp.text[:120]!r})"
-        if status == 401:
-            return MedSAMError(f"medsam-server at {self.url} rejected the token: {message}",
-                               status, code)
-        if status == 404 and code == SESSION_GONE:
-            if path.startswith("/sessions/"):  # no more heartbeats for it
-                self._heartbeat.remove(path.split("/")[2])
-            return MedSAMError("the server no longer has this session (restarted, expired, or "
-                               f"its lease lapsed); upload again ({message})", status,
-                               SESSION_GONE)
-        if status == 404 and code == JOB_GONE:
-            return MedSAMError("the server no longer knows this propagation job (restarted?); "
-                               f"start it again ({message})", status, JOB_GONE)
-        return MedSAMError(f"medsam-server: {message} [{method} {path} → {status}]", status, code)
 
 
 def _volume_meta(vol: np.ndarray, sha: str, spacing: Sequence[float] = (1.0, 1.0, 1.0),
@@ -493,13 +463,3 @@ def _tuple(window: list[float] | None) -> tuple[float, ...] | None:
 
 def _sid(session: SessionHandle | str) -> str:
     return session.session_id if isinstance(session, SessionHandle) else str(session)
-
-
-def _reason(exc: Exception) -> str:
-    # requests nests urllib3 errors several levels deep; the innermost text says why
-    text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "timed out",
-                   "No route to host", "Connection reset", "Remote end closed"):
-        if marker.lower() in text.lower():
-            return marker.lower()
-    return text[:200]

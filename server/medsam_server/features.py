@@ -14,8 +14,12 @@ from collections.abc import Hashable
 import torch
 
 
+def tensor_nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 def tensors_nbytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(tensor_nbytes(t) for t in tensors)
 
 
 class FeatureCache:

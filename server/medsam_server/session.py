@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from .engine import Engine, StepOutput, upsample_logits
+from .features import return_freed_memory, tensor_nbytes, tensors_nbytes
 from .preprocess import axis_index, model_input, slice_shape
 from .prompts import Prompt, PromptError, check_slice_prompt, merge_points
-from .undo import SliceBefore, UndoEntry, UndoReport, tensor_nbytes
+from .undo import SliceBefore, UndoEntry, UndoReport
 
 Direction = Literal["both", "forward", "backward"]
 
@@ -359,8 +360,6 @@ class Session:
     def release_features(self) -> int:
         """Drop every cached slice feature (they are encoded again if needed) and give the
         memory back to the OS; returns the bytes the cache held."""
-        from .features import return_freed_memory
-
         freed = self.cache.nbytes
         self.cache.clear()
         return_freed_memory()
@@ -371,8 +370,6 @@ class Session:
         the user draws); returns whether it encoded. Only when absent and when it fits
         without evicting anything (the cache's budget, and ``max_bytes`` more at most):
         work done on a guess must never push out features a prompt or a job uses."""
-        from .features import tensors_nbytes
-
         if (axis, index) in self.cache:
             return False
 

@@ -13,11 +13,8 @@ import numpy as np
 import torch
 
 from .engine import StepOutput
+from .features import tensor_nbytes
 from .prompts import Prompt
-
-
-def tensor_nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
 
 
 @dataclass
