@@ -271,9 +271,11 @@ def test_info_reports_precision_and_compile(fp32: Engine) -> None:
         app.state.service.close()
     info = P.from_json(P.Info, r.json())
     assert info.precision == "bf16" and info.compiled == "failed: RuntimeError: no compiler"
-    # an older server's /info has neither: an older/newer client still reads it
-    old = {k: v for k, v in r.json().items() if k not in ("precision", "compiled")}
+    assert info.kernels == bf16.kernels == "onednn"
+    # an older server's /info has none of them: an older/newer client still reads it
+    old = {k: v for k, v in r.json().items() if k not in ("precision", "compiled", "kernels")}
     assert P.from_json(P.Info, old).precision == "" and P.from_json(P.Info, old).compiled == "off"
+    assert P.from_json(P.Info, old).kernels == ""
 
 
 def test_cli_parsers_take_precision() -> None:

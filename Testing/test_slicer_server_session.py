@@ -111,4 +111,6 @@ def test_new_window_or_new_backend_resend_and_replay(server, volume):
 def test_test_connection_names_device_and_precision(server):
     report = RemoteBackend(server.url, server.token).test_connection()
     assert report.precision in ("fp32", "bf16")  # what auto gave on this CPU
-    assert f"on cpu in {report.precision}, checkpoint sha256" in report.summary()
+    assert report.kernels == "onednn"  # this x86-64 CPU
+    assert f"on cpu in {report.precision} (onednn kernels), checkpoint sha256" \
+        in report.summary()

@@ -30,9 +30,12 @@ class ServerReport:
     sessions: int
     notes: tuple[str, ...] = ()  # features switched off against an older server, and why
     precision: str = ""  # fp32 or bf16 (empty from servers before precisions)
+    kernels: str = ""  # CPU kernels: onednn or stock (empty from servers before them)
 
     def summary(self) -> str:
         on = f"{self.device} in {self.precision}" if self.precision else self.device
+        if self.kernels and self.kernels != "stock":
+            on += f" ({self.kernels} kernels)"
         text = (f"medsam-server {self.version} at {self.url}: model {self.model} on "
                 f"{on}, checkpoint sha256 {self.checkpoint_sha256[:12]}…, "
                 f"{self.sessions} open session(s)")
@@ -55,7 +58,7 @@ class Backend:
         info = client.info()
         return ServerReport(client.url, info.version, info.device, info.model,
                             info.checkpoint_sha256, info.sessions, tuple(client.notes),
-                            info.precision)
+                            info.precision, info.kernels)
 
     def close(self) -> None:
         """Release what the backend holds (stops a local worker)."""

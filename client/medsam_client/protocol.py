@@ -284,6 +284,8 @@ class Info:
     precision: str = ""
     # serve --compile: "off", "on", or "failed: <why>" (the encoder then runs eager)
     compiled: str = "off"
+    # the CPU kernels in use: "onednn" (x86-64 CPUs) or "stock"; "" from older servers
+    kernels: str = ""
 
 
 @dataclass

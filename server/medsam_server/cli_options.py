@@ -45,4 +45,6 @@ def precision_note(engine: object) -> str:
     note = f"running on {device} in {precision}"
     if precision == "bf16":
         note += " (bf16 autocast; --precision fp32 for full precision)"
+    if getattr(engine, "kernels", "stock") != "stock":
+        note += f", {engine.kernels} kernels"  # type: ignore[attr-defined]
     return note

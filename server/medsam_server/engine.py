@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .features import FeatureCache, tensors_nbytes
+from .kernels import install_cpu_kernels, kernels_of
 from .model import (
     FILL_HOLE_AREA,
     IMAGE_SIZE,
@@ -103,7 +104,7 @@ class Engine:
     def __init__(self, model: torch.nn.Module, device: torch.device, *,
                  precision: str = "auto", encode_batch: int | None = None,
                  feature_cache_bytes: int = DEFAULT_FEATURE_CACHE_BYTES,
-                 fill_hole_area: int = FILL_HOLE_AREA) -> None:
+                 fill_hole_area: int = FILL_HOLE_AREA, cpu_kernels: bool = True) -> None:
         self.model = model
         self.device = device
         self.precision = resolve_precision(precision, device)  # "fp32" or "bf16"
@@ -113,6 +114,9 @@ class Engine:
         if encode_batch < 1:
             raise DeviceError(f"encode_batch must be >= 1, got {encode_batch}")
         self.encode_batch = encode_batch
+        # the CPU's kernels (kernels.py): "onednn" or "stock" (always stock off the CPU)
+        self.kernels = install_cpu_kernels(model) if cpu_kernels and device.type == "cpu" \
+            else kernels_of(model)
         self.compiled = "off"  # see compile_encoder: "off", "on" or "failed: <why>"
         self.feature_cache_bytes = feature_cache_bytes
         self.fill_hole_area = fill_hole_area

@@ -136,7 +136,7 @@ class Service:
                     limits=self.config.limits(), encodings=list(available_encodings()),
                     capabilities=list(CAPABILITIES), replica=self.config.replica,
                     warm_start_s=self.config.warm_start_s, precision=self.engine.precision,
-                    compiled=self.engine.compiled)
+                    compiled=self.engine.compiled, kernels=self.engine.kernels)
 
     # ---- sessions ------------------------------------------------------------------
     def session_info(self, s: ServiceSession) -> SessionInfo:
