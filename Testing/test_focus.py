@@ -438,3 +438,21 @@ def test_the_controller_focuses_only_on_a_session_that_exists(monkeypatch) -> No
     finally:
         ctl.session.handle = None
         runner.shutdown()
+
+
+# ---- bench/bench_engine.py's focus figures: they run (the figures are the bench's) ------------
+
+
+def test_bench_engine_focus_parts_run(engine, ct_u8: np.ndarray) -> None:
+    from bench_engine import after_drawing, first_box
+
+    vol = np.ascontiguousarray(ct_u8[11:17])
+    box = first_box(engine, vol, "cpu", rounds=1)
+    assert set(box) == {"cold", "focused"} and min(box.values()) > 0
+    before = engine.encoder_calls
+    drawn = after_drawing(engine, vol, "cpu", drawing_s=1e-9)  # time for one slice only
+    assert drawn["slices_focused"] == 1  # the key slice, focused first
+    assert set(drawn) == {"drawing_s", "slices_focused", "propagation_cold_s",
+                          "propagation_after_drawing_s", "saved_s", "encode_s_per_slice"}
+    # cold: every slice encoded once; after drawing: the focused one was not encoded again
+    assert engine.encoder_calls - before == 2 * vol.shape[0]

@@ -58,7 +58,8 @@ PER_HEAD_MAX = 16
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v)`` (no mask, no dropout) for (B, H, N, D) on
-    the CPU, as softmax(q kᵀ / √D) v with the softmax in fp32 whatever the input dtype.
+    the CPU, as softmax(q kᵀ / √D) v. In bf16 the scores are bf16 and torch's softmax
+    computes in fp32 inside (one pass, no fp32 copy of the 1024 × 7232 scores).
 
     fp32: few heads (the memory attention: one head, 1024 × 7232 scores; Hiera's global
     attention: 4 heads) → both products through oneDNN, head by head; many small windows
@@ -70,15 +71,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     if heads > PER_HEAD_MAX:
         if q.dtype == torch.float32:
             return F.scaled_dot_product_attention(q, k, v)
-        scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale)
-        return torch.matmul(torch.softmax(scores, dim=-1).to(q.dtype), v)
+        scores = torch.matmul(q * scale, k.transpose(-1, -2))
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
     out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
     for b in range(q.shape[0]):
         for h in range(q.shape[1]):
-            scores = linear(q[b, h], k[b, h].contiguous(), None)  # q kᵀ: k is the "weight"
-            scores = scores.mul_(scale) if scores.dtype == torch.float32 \
-                else scores.float().mul_(scale)
-            probs = torch.softmax(scores, dim=-1).to(q.dtype)
+            # q kᵀ with k as the "weight" (N_k, D); the scale folded into q (exact in bf16
+            # for D = 256, a power of two) or applied in place in fp32
+            if q.dtype == torch.float32:
+                scores = linear(q[b, h], k[b, h].contiguous(), None).mul_(scale)
+            else:
+                scores = linear(q[b, h] * scale, k[b, h].contiguous(), None)
+            probs = torch.softmax(scores, dim=-1)
             out[b, h] = linear(probs, v[b, h].contiguous().t(), None)
     return out
 
