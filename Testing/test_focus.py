@@ -443,10 +443,12 @@ def test_the_controller_focuses_only_on_a_session_that_exists(monkeypatch) -> No
 # ---- bench/bench_engine.py's focus figures: they run (the figures are the bench's) ------------
 
 
-def test_bench_engine_focus_parts_run(engine, ct_u8: np.ndarray) -> None:
-    from bench_engine import after_drawing, first_box
+def test_bench_engine_focus_parts_run(engine) -> None:
+    from bench_engine import DICOM, after_drawing, first_box, make_volume
 
-    vol = np.ascontiguousarray(ct_u8[11:17])
+    if not DICOM.is_dir():
+        pytest.skip(f"benchmark data missing: {DICOM}")
+    vol = make_volume(6)  # the bench's own 512² CT slices (its boxes are drawn for them)
     box = first_box(engine, vol, "cpu", rounds=1)
     assert set(box) == {"cold", "focused"} and min(box.values()) > 0
     before = engine.encoder_calls
