@@ -45,6 +45,18 @@ def crop(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def long_crop(crop: Path) -> Path:
+    """The crop mirrored to 72 slices (key slice and box unchanged): a propagation from it
+    runs far longer than the lease takes to lapse (2 s + a sweep), however fast the kernels
+    (0.15-0.5 s a slice on CPU), so the lapse cancels it mid-way."""
+    vol = np.load(crop)
+    order = [i for _ in range(6) for i in (*range(12), *range(11, -1, -1))][:72]
+    path = crop.with_name("long_crop.npy")
+    np.save(path, np.ascontiguousarray(vol[order]))
+    return path
+
+
+@pytest.fixture(scope="module")
 def server(random_checkpoint: Path) -> Iterator[LiveServer]:
     with live_server(random_checkpoint, "--lease-timeout", str(LEASE), "--no-warm-start") as s:
         yield s
@@ -83,11 +95,11 @@ KILLED_CLIENT = """
 
 
 def test_a_killed_client_frees_its_session_within_the_lease(server: LiveServer,
-                                                            crop: Path) -> None:
+                                                            long_crop: Path) -> None:
     info = P.from_json(P.Info, server.get("/info").json())
     assert "lease" in info.capabilities and info.limits["lease_timeout_s"] == LEASE
     assert info.warm_start_s is None  # --no-warm-start
-    proc = run_client(KILLED_CLIENT, server.url, server.token, str(crop))
+    proc = run_client(KILLED_CLIENT, server.url, server.token, str(long_crop))
     try:
         sid = proc.stdout.readline().strip()
         assert sid, "the client process did not start its session"
