@@ -10,6 +10,7 @@ import ctypes
 import sys
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Any
 
 import torch
 
@@ -78,6 +79,14 @@ class FeatureCache:
         return self.nbytes + nbytes <= self.budget_bytes
 
 
+def glibc_function(name: str) -> Any | None:
+    """A function of glibc's malloc (``malloc_trim``, ``mallopt``), or None where there is
+    none: not Linux (macOS, Windows) or not glibc (musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return getattr(ctypes.CDLL(None), name, None)
+
+
 def return_freed_memory() -> bool:
     """Hand the heap's free pages back to the OS (glibc ``malloc_trim``); whether it could.
 
@@ -87,10 +96,8 @@ def return_freed_memory() -> bool:
     200 slices: releasing a 500 MB cache lowered RSS by 38 MB, trimming by 610 MB more.
     Elsewhere (macOS, Windows, musl) there is no such call and nothing to do.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is None:  # not glibc
+    trim = glibc_function("malloc_trim")
+    if trim is None:
         return False
     trim(0)
     return True

@@ -23,15 +23,16 @@ without oneDNN's linear.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import math
 import platform
-import sys
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .features import glibc_function
 
 ONEDNN = "onednn"
 STOCK = "stock"
@@ -128,13 +129,14 @@ class FastLinear(nn.Linear):
         return self._lowp[1], self._lowp[2]
 
 
+@functools.cache  # one class per process, whatever the models
 def _rope_attention_class() -> type:
     from sam2.modeling.position_encoding import apply_rotary_enc
     from sam2.modeling.sam.transformer import RoPEAttention
 
     class FastRoPEAttention(RoPEAttention):
-        """SAM2's ``RoPEAttention.forward`` (sam2/modeling/sam/transformer.py) with the
-        attention itself through oneDNN in fp32; under autocast, the stock attention."""
+        """SAM2's ``RoPEAttention.forward`` (sam2/modeling/sam/transformer.py) with
+        ``attention`` in place of the flash kernel (in the autocast dtype under autocast)."""
 
         def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     num_k_exclude_rope: int = 0) -> torch.Tensor:
@@ -160,6 +162,7 @@ def _rope_attention_class() -> type:
     return FastRoPEAttention
 
 
+@functools.cache  # one class per process, whatever the models
 def _hiera_attention_class() -> type:
     from sam2.modeling.backbones.hieradet import MultiScaleAttention, do_pool
 
@@ -199,6 +202,7 @@ def _cached_pos_embed(trunk: nn.Module) -> None:
     trunk._get_pos_embed = get_pos_embed
 
 
+@functools.cache  # one class per process, whatever the models
 def _sine_class() -> type:
     from sam2.modeling.position_encoding import PositionEmbeddingSine
 
@@ -231,10 +235,8 @@ def keep_slice_buffers() -> bool:
     faulting them in per slice; returns whether it applied (glibc on Linux only). Memory
     is still handed back: at the trim threshold, and by ``features.return_freed_memory``
     when a run releases its features."""
-    if not sys.platform.startswith("linux"):
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:  # not glibc (musl)
+    mallopt = glibc_function("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
                 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
