@@ -24,7 +24,7 @@ ERROR_PREFIX = "medsam-server: error:"
 
 def cli(*argv: object) -> tuple[int, str, str]:
     """Run ``medsam-server ARGV`` in this process; (exit code, stdout, stderr)."""
-    from medsam_server.cli import main
+    from medsam_server.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
@@ -66,7 +66,7 @@ def shared(relative: str) -> Path:
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Seeded random weights of the exact MedSAM2 architecture, in the released layout."""
-    from medsam_server.model import write_random_checkpoint
+    from medsam_server.engine.model import write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "medsam2_random_seed0.pt",
                                    seed=0)
@@ -85,7 +85,7 @@ def server(random_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  
 
 @pytest.fixture(scope="session")
 def engine(random_checkpoint: Path):  # noqa: ANN201
-    from medsam_server.engine import Engine
+    from medsam_server.engine.engine import Engine
 
     return Engine.from_checkpoint(random_checkpoint, device="cpu")
 
@@ -93,8 +93,8 @@ def engine(random_checkpoint: Path):  # noqa: ANN201
 @pytest.fixture(scope="session")
 def ct_u8() -> np.ndarray:
     """The TotalSegmentator abdomen CT (30×101×122), soft-tissue windowed to uint8."""
-    from medsam_server.preprocess import window_to_uint8
-    from medsam_server.volume_io import read_volume
+    from medsam_server.engine.preprocess import window_to_uint8
+    from medsam_server.io.volumes import read_volume
 
     vol = read_volume(shared("totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"))
     return window_to_uint8(vol.array, "ct", (40.0, 400.0))

@@ -32,9 +32,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import ERROR_PREFIX, cli, shared
-from medsam_server import engine as engine_module
-from medsam_server.batch import reference_boxes
-from medsam_server.evaluate import read_metrics_csv
+from medsam_server.batch.cases import reference_boxes
+from medsam_server.batch.evaluate import read_metrics_csv
+from medsam_server.engine import engine as engine_module
 
 CT = "totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"
 CT_SEG = "totalseg_ct_abdomen_3mm/example_seg.nii.gz"
@@ -391,7 +391,7 @@ def test_bad_batch_input(tmp_path, random_checkpoint, no_model, manifest, extra,
 
 def test_ray_missing_says_how_to_install(tmp_path, random_checkpoint, no_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    monkeypatch.delitem(sys.modules, "medsam_server.batch_ray", raising=False)
+    monkeypatch.delitem(sys.modules, "medsam_server.batch.ray_runner", raising=False)
     (tmp_path / "m.csv").write_text("case,image,prompts\na,x.nii.gz,p.json\n")
     out = tmp_path / "out"
     rc, so, se = cli("batch", tmp_path / "m.csv", "-o", out, "--checkpoint", random_checkpoint,

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from medsam_server import checkpoints as ck
-from medsam_server.model import CheckpointError
+from medsam_server.engine.model import CheckpointError
 
 LATEST = ck.RELEASES["MedSAM2_latest"]
 FILE_PATH = "/wanglab/MedSAM2/resolve/main/MedSAM2_latest.pt"

@@ -24,11 +24,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import ERROR_PREFIX, cli, shared
-from medsam_server import engine as engine_module
-from medsam_server.cli import main
-from medsam_server.features import FeatureCache
-from medsam_server.model import read_state_dict
-from medsam_server.volume_io import read_volume
+from medsam_server.cli.main import main
+from medsam_server.engine import engine as engine_module
+from medsam_server.engine.features import FeatureCache
+from medsam_server.engine.model import read_state_dict
+from medsam_server.io.volumes import read_volume
 from skimage.measure import label as cc_label
 
 CT = "totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"

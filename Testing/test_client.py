@@ -34,7 +34,7 @@ WINDOW = (40.0, 400.0)
 @pytest.fixture(scope="module")
 def ct_crop() -> np.ndarray:
     """Raw HU voxels (int16) of the crop: the server windows them itself."""
-    from medsam_server.volume_io import read_volume
+    from medsam_server.io.volumes import read_volume
 
     return np.ascontiguousarray(read_volume(shared(CT)).array[K0:K1])
 
@@ -58,9 +58,9 @@ def crop_session(server, ct_crop):
 def reference(engine, ct_crop):
     """The same steps in process: obj 1 (box, propagate, later corrected), obj 2, and obj 9
     propagated only to the next slice (what each of the 4 parallel clients does)."""
-    from medsam_server.preprocess import window_to_uint8
-    from medsam_server.prompts import Prompt
-    from medsam_server.session import Session
+    from medsam_server.engine.preprocess import window_to_uint8
+    from medsam_server.engine.prompts import Prompt
+    from medsam_server.engine.session import Session
 
     s = Session(engine, window_to_uint8(ct_crop, "ct", WINDOW))
     ref = {"key_slice": s.add_prompt(1, "k", KEY, Prompt(box=BOX)).mask}
@@ -225,8 +225,8 @@ def test_session_expiry_and_server_restart_give_clear_errors(random_checkpoint, 
 def test_segment_cli_with_server_writes_mask_on_input_grid(server, ct_crop, reference, tmp_path,
                                                           capsys):
     import SimpleITK as sitk
-    from medsam_server.cli import main
-    from medsam_server.postprocess import largest_connected_component
+    from medsam_server.cli.main import main
+    from medsam_server.engine.postprocess import largest_connected_component
 
     full = sitk.ReadImage(str(shared(CT)))
     crop = full[:, :, K0:K1]  # keeps the physical geometry of those slices

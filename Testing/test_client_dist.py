@@ -44,10 +44,10 @@ SCRIPT = """
 
 def test_a_venv_with_only_medsam_client_segments_through_a_server(server, engine,
                                                                   tmp_path: Path) -> None:
-    from medsam_server.preprocess import window_to_uint8
-    from medsam_server.prompts import Prompt
-    from medsam_server.session import Session
-    from medsam_server.volume_io import read_volume
+    from medsam_server.engine.preprocess import window_to_uint8
+    from medsam_server.engine.prompts import Prompt
+    from medsam_server.engine.session import Session
+    from medsam_server.io.volumes import read_volume
 
     crop = np.ascontiguousarray(read_volume(shared(CT)).array[11:17])
     np.save(tmp_path / "crop.npy", crop)

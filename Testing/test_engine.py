@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from medsam_server.engine import Engine
-from medsam_server.prompts import Prompt, PromptError
-from medsam_server.session import Session
+from medsam_server.engine.engine import Engine
+from medsam_server.engine.prompts import Prompt, PromptError
+from medsam_server.engine.session import Session
 
 KEY, BOX = 3, (30, 25, 80, 70)
 
@@ -219,7 +219,7 @@ def test_parity_on_medsam2_own_lesion_case(engine: Engine, random_checkpoint) ->
     """MedSAM2's DeepLesion npz (already 0..255, 512²): the lesion slices 3..9, key slice 6."""
     from conftest import shared
     from medsam2_reference import build_reference_predictor, reference_segment
-    from medsam_server.preprocess import window_to_uint8
+    from medsam_server.engine.preprocess import window_to_uint8
 
     case = np.load(shared("medsam2_deeplesion_ct/CT_Lesion_000002_03_01_035-047.npz"))
     vol = window_to_uint8(case["imgs"][3:10], "none")
@@ -256,10 +256,10 @@ def test_plan_uses_pending_prompts_inside_the_range(engine: Engine, vol: np.ndar
 
 
 def test_segment_objects_frees_the_features_before_post_processing(engine, vol):
-    from medsam_server.features import return_freed_memory
-    from medsam_server.pipeline import segment_objects
-    from medsam_server.postprocess import add_object
-    from medsam_server.specs import DEFAULT_COLORS, ObjectSpec
+    from medsam_server.engine.features import return_freed_memory
+    from medsam_server.engine.objects import DEFAULT_COLORS, ObjectSpec
+    from medsam_server.engine.pipeline import segment_objects
+    from medsam_server.engine.postprocess import add_object
 
     crop = np.ascontiguousarray(vol[KEY - 1:KEY + 2])
     session = Session(engine, crop)

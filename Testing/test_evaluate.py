@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import ERROR_PREFIX, cli, shared
-from medsam_server.evaluate import mask_metrics, read_metrics_csv
-from medsam_server.volume_io import read_volume, write_mask
+from medsam_server.batch.evaluate import mask_metrics, read_metrics_csv
+from medsam_server.io.volumes import read_volume, write_mask
 from scipy import ndimage
 from surface_distance import metrics as deepmind
 

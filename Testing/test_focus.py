@@ -16,11 +16,11 @@ import pytest
 from fastapi.testclient import TestClient
 from medsam_client import protocol as P
 from medsam_client.client import MedSAMClient, MedSAMError
+from medsam_server.engine.session import Session
 from medsam_server.service.app import create_app
 from medsam_server.service.config import ServiceConfig
 from medsam_server.service.focus import focus_order
 from medsam_server.service.operations import Service
-from medsam_server.session import Session
 
 WAIT = 300.0  # generous: other jobs share this CPU; every wait ends on an event
 BOX = [2.0, 2.0, 12.0, 12.0]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from medsam_server import kernels
-from medsam_server.engine import Engine
-from medsam_server.model import build_model, load_checkpoint
+from medsam_server.engine import kernels
+from medsam_server.engine.engine import Engine
+from medsam_server.engine.model import build_model, load_checkpoint
 from torch import nn
 
 pytestmark = pytest.mark.skipif(not kernels.onednn_available(),
@@ -113,7 +113,7 @@ def test_stock_kernels_where_onednn_is_missing(monkeypatch, random_checkpoint) -
 
 
 def test_engine_reports_its_kernels(engine: Engine) -> None:
-    from medsam_server.cli_options import precision_note
+    from medsam_server.cli.options import precision_note
 
     assert engine.kernels == "onednn"
     assert precision_note(engine).endswith("onednn kernels")

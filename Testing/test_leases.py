@@ -37,7 +37,7 @@ OLD_CLIENT_COMMIT = "8a80777"  # medsam-client 0.1, before capabilities (server/
 @pytest.fixture(scope="module")
 def crop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 raw CT slices (int16) around the liver, as a .npy file for client processes."""
-    from medsam_server.volume_io import read_volume
+    from medsam_server.io.volumes import read_volume
 
     path = tmp_path_factory.mktemp("leases") / "crop.npy"
     np.save(path, np.ascontiguousarray(read_volume(shared(CT)).array[8:20]))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from medsam_server.model import (
+from medsam_server.engine.model import (
     CheckpointError,
     autocast_for,
     build_model,
@@ -233,7 +233,7 @@ def test_build_in_a_fresh_process_without_torchvision_or_hydra_state(tmp_path):
     code = textwrap.dedent("""
         import sys
         from hydra.core.global_hydra import GlobalHydra
-        import medsam_server.model as m
+        import medsam_server.engine.model as m
         GlobalHydra.instance().clear()  # no compose state, whatever imports did
         net = m.build_model("cpu")
         assert not net.training

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import cli, shared
-from medsam_server import engine as engine_module
-from medsam_server.volume_io import VolumeError, read_volume
+from medsam_server.engine import engine as engine_module
+from medsam_server.io.volumes import VolumeError, read_volume
 
 CT = "totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"
 N_VOXELS = 6 * 101 * 122

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from medsam_server.postprocess import fill_small_holes, largest_connected_component
+from medsam_server.engine.postprocess import fill_small_holes, largest_connected_component
 from skimage import measure
 
 # ---------------------------------------------------------------- largest connected component

@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 import torch
 from medsam_client import protocol as P
-from medsam_server import model as model_module
 from medsam_server.checkpoints import DeviceError
-from medsam_server.engine import Engine
-from medsam_server.model import autocast_for, check_autocast, cpu_has_native_bf16, resolve_precision
-from medsam_server.prompts import Prompt
-from medsam_server.session import Session
+from medsam_server.engine import model as model_module
+from medsam_server.engine.engine import Engine
+from medsam_server.engine.model import (
+    autocast_for,
+    check_autocast,
+    cpu_has_native_bf16,
+    resolve_precision,
+)
+from medsam_server.engine.prompts import Prompt
+from medsam_server.engine.session import Session
 
 KEY, BOX = 3, (30, 25, 80, 70)
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
@@ -92,7 +97,7 @@ def test_explicit_precisions_and_devices(monkeypatch) -> None:
 
 def test_cuda_engine_is_bf16(monkeypatch, fp32: Engine) -> None:
     """An engine on a (mocked) CUDA device picks bf16 and batches the encoder."""
-    import medsam_server.engine as engine_module
+    import medsam_server.engine.engine as engine_module
 
     # a CPU build of torch cannot autocast on CUDA: only the choice is tested here
     monkeypatch.setattr(engine_module, "check_autocast", lambda device, precision: None)
@@ -147,7 +152,7 @@ def test_bf16_agrees_with_fp32_on_real_ct(fp32: Engine, vol: np.ndarray) -> None
 
 
 def test_batched_encoding_equals_one_by_one(fp32: Engine, vol: np.ndarray) -> None:
-    from medsam_server.preprocess import model_input
+    from medsam_server.engine.preprocess import model_input
 
     images = [model_input(vol, "k", k) for k in range(3)]
     one = [fp32.encode(im) for im in images]
@@ -204,7 +209,7 @@ def test_a_batch_stays_within_the_range(fp32: Engine, vol: np.ndarray) -> None:
 
 
 def _serve_args(*extra: str) -> argparse.Namespace:
-    from medsam_server.cli import build_parser
+    from medsam_server.cli.main import build_parser
 
     return build_parser().parse_args(["serve", "--device", "cpu", *extra])
 
@@ -279,7 +284,7 @@ def test_info_reports_precision_and_compile(fp32: Engine) -> None:
 
 
 def test_cli_parsers_take_precision() -> None:
-    from medsam_server.cli import build_parser
+    from medsam_server.cli.main import build_parser
 
     parser = build_parser()
     for command in (["segment", "in.nii.gz", "-o", "out.nii.gz"], ["batch", "m.csv", "-o", "o"],
@@ -290,7 +295,7 @@ def test_cli_parsers_take_precision() -> None:
 
 
 def test_cli_refuses_a_bad_precision(capsys) -> None:
-    from medsam_server.cli import main
+    from medsam_server.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["segment", "in.nii.gz", "-o", "out.nii.gz", "--precision", "fp16"])
@@ -302,7 +307,7 @@ def test_cli_refuses_a_bad_precision(capsys) -> None:
 def test_segment_says_which_precision(tmp_path: Path, random_checkpoint: Path, capsys,
                                       precision: str) -> None:
     import SimpleITK as sitk
-    from medsam_server.cli import main
+    from medsam_server.cli.main import main
 
     arr = np.full((2, 48, 48), -1000, np.int16)
     arr[:, 12:36, 12:36] = 60
@@ -319,7 +324,7 @@ def test_segment_says_which_precision(tmp_path: Path, random_checkpoint: Path, c
 def test_batch_says_which_precision(tmp_path: Path, random_checkpoint: Path, capsys,
                                     monkeypatch) -> None:
     import SimpleITK as sitk
-    from medsam_server.cli import main
+    from medsam_server.cli.main import main
 
     monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: False)
     arr = np.full((2, 48, 48), -1000, np.int16)

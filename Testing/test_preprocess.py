@@ -11,7 +11,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from medsam_server.preprocess import (
+from medsam_server.engine.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PreprocessError,

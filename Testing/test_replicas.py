@@ -54,7 +54,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def crop() -> np.ndarray:
-    from medsam_server.volume_io import read_volume
+    from medsam_server.io.volumes import read_volume
 
     return np.ascontiguousarray(read_volume(shared(CT)).array[11:17])
 
@@ -62,9 +62,9 @@ def crop() -> np.ndarray:
 @pytest.fixture(scope="module")
 def reference(engine, crop: np.ndarray) -> np.ndarray:
     """What every client does, in process: the box, propagated to the next slice."""
-    from medsam_server.preprocess import window_to_uint8
-    from medsam_server.prompts import Prompt
-    from medsam_server.session import Session
+    from medsam_server.engine.preprocess import window_to_uint8
+    from medsam_server.engine.prompts import Prompt
+    from medsam_server.engine.session import Session
 
     s = Session(engine, window_to_uint8(crop, "ct", WINDOW))
     s.add_prompt(1, "k", KEY, Prompt(box=BOX))

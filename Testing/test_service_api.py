@@ -24,9 +24,9 @@ import torch
 from conftest import shared
 from medsam_client import protocol as P
 from medsam_server.checkpoints import sha256_file
-from medsam_server.preprocess import window_to_uint8
-from medsam_server.prompts import Prompt
-from medsam_server.session import Session
+from medsam_server.engine.preprocess import window_to_uint8
+from medsam_server.engine.prompts import Prompt
+from medsam_server.engine.session import Session
 
 KEY, BOX = 3, (45, 27, 104, 85)  # conftest's liver box, key slice 14 of the CT = 3 of the crop
 CROP = slice(11, 17)  # 6 slices: the encoder costs ~0.6 s a slice on CPU
@@ -100,7 +100,7 @@ def live_server(checkpoint: Path, *extra: str, token: str | None = None) -> Iter
 
 
 def ct_int16() -> np.ndarray:
-    from medsam_server.volume_io import read_volume
+    from medsam_server.io.volumes import read_volume
 
     return read_volume(shared("totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz")).array
 

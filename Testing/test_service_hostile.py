@@ -173,7 +173,7 @@ def test_serve_refuses_unsafe_setups(extra: list[str], env_token: str | None, sa
 def test_serve_refuses_bad_settings_before_binding(extra: list[str], says: str, tmp_path: Path,
                                                    monkeypatch, capsys) -> None:
     """In-process (no interpreter start-up): refused before the port or the model."""
-    from medsam_server import cli
+    from medsam_server.cli import main as cli
     from medsam_server.service import run
 
     def no_bind(*a: object) -> None:

@@ -97,8 +97,8 @@ def h(random_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ref(engine, h):
     """The engine in process, fed the same voxels and window the effect sends."""
-    from medsam_server.preprocess import window_to_uint8
-    from medsam_server.session import Session
+    from medsam_server.engine.preprocess import window_to_uint8
+    from medsam_server.engine.session import Session
 
     window = h.ct.GetDisplayNode().GetLevel(), h.ct.GetDisplayNode().GetWindow()
     array = slicer.util.arrayFromVolume(h.ct)
@@ -106,7 +106,7 @@ def ref(engine, h):
 
 
 def test_1_box_shows_that_slice_in_the_preview_equal_to_the_engine(h, ref):
-    from medsam_server.prompts import Prompt
+    from medsam_server.engine.prompts import Prompt
 
     p0, p1 = h.drag(14, LIVER)
     assert h.ctl.prompt_box(h.red, p0, p1)
@@ -158,7 +158,7 @@ def test_3_propagate_with_progress_equals_the_engine(h, ref):
 
 
 def test_4_a_correction_re_propagates_only_from_there(h, ref):
-    from medsam_server.prompts import Prompt
+    from medsam_server.engine.prompts import Prompt
 
     before = h.ctl.state.get(h.liver).mask.copy()
     p0, p1 = h.drag(18, LIVER_FIX)
@@ -176,7 +176,7 @@ def test_4_a_correction_re_propagates_only_from_there(h, ref):
 
 
 def test_5_a_second_segment_is_its_own_object(h, ref):
-    from medsam_server.prompts import Prompt
+    from medsam_server.engine.prompts import Prompt
 
     h.node.SetSelectedSegmentID(h.spleen)
     p0, p1 = h.drag(14, SPLEEN)
@@ -215,7 +215,7 @@ def test_6_apply_all_writes_both_segments_as_one_undo_step(h):
 
 
 def test_7_a_killed_worker_is_restarted_and_the_session_replayed(h, ref):
-    from medsam_server.prompts import Prompt
+    from medsam_server.engine.prompts import Prompt
 
     h.node.SetSelectedSegmentID(h.liver)
     pid = h.backend.worker.pid

@@ -23,7 +23,7 @@ KEY, BOX, BOX2 = 3, (45.0, 27.0, 104.0, 85.0), (15.0, 40.0, 50.0, 80.0)
 
 @pytest.fixture(scope="module")
 def volume() -> VolumeUpload:
-    from medsam_server.volume_io import read_volume
+    from medsam_server.io.volumes import read_volume
 
     arr = np.ascontiguousarray(read_volume(shared(CT)).array[K0:K1])
     return VolumeUpload(arr, (3.0, 3.0, 3.0), "ct", (40.0, 400.0), "crop")

@@ -14,11 +14,11 @@ from conftest import shared
 from fastapi.testclient import TestClient
 from medsam_client import protocol as P
 from medsam_client.client import MedSAMClient, MedSAMError, slice_mask
-from medsam_server.preprocess import window_to_uint8
-from medsam_server.prompts import Prompt, PromptError
+from medsam_server.engine.preprocess import window_to_uint8
+from medsam_server.engine.prompts import Prompt, PromptError
+from medsam_server.engine.session import Session
 from medsam_server.service.app import create_app
 from medsam_server.service.config import ServiceConfig
-from medsam_server.session import Session
 
 CT = "totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz"
 K0, K1 = 12, 16
@@ -30,7 +30,7 @@ WINDOW = (40.0, 400.0)
 
 @pytest.fixture(scope="module")
 def ct_crop() -> np.ndarray:
-    from medsam_server.volume_io import read_volume
+    from medsam_server.io.volumes import read_volume
 
     return np.ascontiguousarray(read_volume(shared(CT)).array[K0:K1])
 

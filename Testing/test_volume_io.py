@@ -9,8 +9,8 @@ import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from medsam_server import volume_io
-from medsam_server.volume_io import Volume, VolumeError, read_volume, write_mask
+from medsam_server.io import volumes as volume_io
+from medsam_server.io.volumes import Volume, VolumeError, read_volume, write_mask
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CT_NII = DATA / "totalseg_ct_abdomen_3mm" / "example_ct_sm.nii.gz"

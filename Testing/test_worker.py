@@ -190,7 +190,7 @@ def test_server_exits_when_its_launcher_is_killed(random_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("pid", ["0", "-5"])
 def test_serve_rejects_a_bad_parent_pid_before_loading(pid, tmp_path, capsys):
-    from medsam_server.cli import main
+    from medsam_server.cli.main import main
 
     rc = main(["serve", "--token", "t", "--port", "0", "--parent-pid", pid,
                "--checkpoint", str(tmp_path / "never-loaded.pt")])

@@ -63,8 +63,8 @@ def run(argv: list[str]) -> float:
 
 
 def one_process_per_case(cases: list, ckpt: Path, out: Path, device: str) -> float:
-    from medsam_server.batch import reference_boxes
-    from medsam_server.volume_io import read_volume
+    from medsam_server.batch.cases import reference_boxes
+    from medsam_server.io.volumes import read_volume
 
     out.mkdir()
     total = 0.0
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--skip-ray", action="store_true")
     args = parser.parse_args()
 
-    from medsam_server.model import write_random_checkpoint
+    from medsam_server.engine.model import write_random_checkpoint
 
     ways = {
         "segment, one process per case": lambda root, ckpt, cases, out: one_process_per_case(

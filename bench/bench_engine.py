@@ -56,8 +56,8 @@ SIDES = ("reference", "ours_fp32", "ours_bf16")
 
 def make_volume(n_slices: int) -> np.ndarray:
     """n slices of 512×512 real CT: the 20-slice DICOM series mirrored back and forth."""
-    from medsam_server.preprocess import window_to_uint8
-    from medsam_server.volume_io import read_volume
+    from medsam_server.engine.preprocess import window_to_uint8
+    from medsam_server.io.volumes import read_volume
 
     if not DICOM.is_dir():
         sys.exit(f"benchmark data missing: {DICOM}")
@@ -95,10 +95,10 @@ def run_reference(ckpt: str, device: str, vol: np.ndarray, objects: int,
 
 def run_ours(ckpt: str, device: str, vol: np.ndarray, objects: int, precision: str,
              masks_out: str | None, drawing_s: float) -> dict:
-    from medsam_server.engine import Engine
-    from medsam_server.preprocess import model_input
-    from medsam_server.prompts import Prompt
-    from medsam_server.session import Session
+    from medsam_server.engine.engine import Engine
+    from medsam_server.engine.preprocess import model_input
+    from medsam_server.engine.prompts import Prompt
+    from medsam_server.engine.session import Session
 
     engine = Engine.from_checkpoint(ckpt, device, precision=precision)
     engine.encode(model_input(vol, "k", 0))  # warm-up, like the reference side
@@ -134,8 +134,8 @@ def run_ours(ckpt: str, device: str, vol: np.ndarray, objects: int, precision: s
 def first_box(engine, vol: np.ndarray, device: str, rounds: int = 3) -> dict:  # noqa: ANN001
     """A box on a slice nothing encoded vs on a slice the focus encoded beforehand (each
     round a fresh session, two slices never seen in it)."""
-    from medsam_server.prompts import Prompt
-    from medsam_server.session import Session
+    from medsam_server.engine.prompts import Prompt
+    from medsam_server.engine.session import Session
 
     cold, focused = [], []
     for r in range(rounds):
@@ -157,9 +157,9 @@ def after_drawing(engine, vol: np.ndarray, device: str, drawing_s: float) -> dic
     """Object 1's box and propagation, in a fresh session cold, then in another fresh
     session where the focus (the service's order: the key slice, then outwards) ran for
     ``drawing_s`` first."""
-    from medsam_server.prompts import Prompt
+    from medsam_server.engine.prompts import Prompt
+    from medsam_server.engine.session import Session
     from medsam_server.service.focus import focus_order
-    from medsam_server.session import Session
 
     key = vol.shape[0] // 2
 
@@ -314,7 +314,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint
         if ckpt is None:
-            from medsam_server.model import write_random_checkpoint
+            from medsam_server.engine.model import write_random_checkpoint
 
             ckpt = str(write_random_checkpoint(Path(tmp) / "random.pt", seed=0))
         results = {}

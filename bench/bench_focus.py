@@ -29,7 +29,7 @@ BOX = [150.0, 200.0, 330.0, 360.0]
 
 
 def ct_int16(n_slices: int) -> np.ndarray:
-    from medsam_server.volume_io import read_volume
+    from medsam_server.io.volumes import read_volume
 
     if not DICOM.is_dir():
         sys.exit(f"benchmark data missing: {DICOM}")
@@ -47,8 +47,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from medsam_client import protocol as P
-    from medsam_server.engine import Engine
-    from medsam_server.model import write_random_checkpoint
+    from medsam_server.engine.engine import Engine
+    from medsam_server.engine.model import write_random_checkpoint
     from medsam_server.service.config import ServiceConfig
     from medsam_server.service.operations import Service
 

@@ -101,10 +101,10 @@ def run_stock(ckpt: str, device: str, vol: np.ndarray) -> dict:
 
 
 def run_ours(ckpt: str, device: str, vol: np.ndarray, encode_batch: int | None) -> dict:
-    from medsam_server.engine import Engine
-    from medsam_server.preprocess import model_input
-    from medsam_server.prompts import Prompt
-    from medsam_server.session import Session
+    from medsam_server.engine.engine import Engine
+    from medsam_server.engine.preprocess import model_input
+    from medsam_server.engine.prompts import Prompt
+    from medsam_server.engine.session import Session
 
     engine = Engine.from_checkpoint(ckpt, device, precision="bf16", encode_batch=encode_batch)
     engine.encode_many([model_input(vol, "k", 0)] * engine.encode_batch)  # warm-up
@@ -131,8 +131,8 @@ def run_ours(ckpt: str, device: str, vol: np.ndarray, encode_batch: int | None) 
 
 def encoder_scan(ckpt: str, device: str, vol: np.ndarray, batches: list[int]) -> dict:
     """Encoder-only throughput (bf16) per batch size, over the same slices."""
-    from medsam_server.engine import Engine
-    from medsam_server.preprocess import model_input
+    from medsam_server.engine.engine import Engine
+    from medsam_server.engine.preprocess import model_input
 
     engine = Engine.from_checkpoint(ckpt, device, precision="bf16")
     n = min(len(vol), 4 * max(batches))
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint
         if ckpt is None:
-            from medsam_server.model import write_random_checkpoint
+            from medsam_server.engine.model import write_random_checkpoint
 
             ckpt = str(write_random_checkpoint(Path(tmp) / "random.pt", seed=0))
         stock = run_stock(ckpt, args.device, vol)

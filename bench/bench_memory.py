@@ -48,7 +48,8 @@ def rss_mb() -> float:
 
 def child(volume: str, checkpoint: str, output: str, n: int) -> None:
     """``medsam-server segment`` in this process, with the two probes."""
-    from medsam_server import cli, features
+    from medsam_server.cli import main as cli
+    from medsam_server.engine import features
 
     samples: list[tuple[int, float]] = []
     peak_cache = [0, 0]  # bytes, budget
@@ -85,7 +86,7 @@ def main() -> None:
         sys.exit(f"benchmark data missing: {DICOM}")
     runs: dict[int, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        from medsam_server.model import write_random_checkpoint
+        from medsam_server.engine.model import write_random_checkpoint
 
         ckpt = str(write_random_checkpoint(Path(tmp) / "random.pt", seed=0))
         for n in args.sizes:

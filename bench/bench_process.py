@@ -62,7 +62,7 @@ def stock_process(ct: str, ckpt: str, out: str) -> None:
     sys.path.insert(0, str(HERE))
     import SimpleITK as sitk
     from medsam2_reference import build_reference_predictor, reference_segment
-    from medsam_server.preprocess import window_to_uint8  # MedSAM2's windowing (numpy only)
+    from medsam_server.engine.preprocess import window_to_uint8  # MedSAM2's windowing (numpy only)
     from skimage.measure import label
 
     image = sitk.ReadImage(ct)
@@ -109,7 +109,7 @@ def main() -> None:
     load_start = os.getloadavg()
     times: dict[str, list[float]] = {s: [] for s in SIDES if s in args.sides}
     with tempfile.TemporaryDirectory() as tmp:
-        from medsam_server.model import write_random_checkpoint
+        from medsam_server.engine.model import write_random_checkpoint
 
         ckpt = str(write_random_checkpoint(Path(tmp) / "random.pt", seed=0))
         ct = str(Path(tmp) / "ct.nii.gz")

@@ -35,7 +35,7 @@ BOX = (150, 200, 330, 360)
 
 
 def ct_int16(n_slices: int) -> np.ndarray:
-    from medsam_server.volume_io import read_volume
+    from medsam_server.io.volumes import read_volume
 
     if not DICOM.is_dir():
         sys.exit(f"benchmark data missing: {DICOM}")
@@ -96,9 +96,9 @@ class Server:
 
 def bench_prompts(server: Server, engine, n: int, rounds: int) -> dict:
     """Median per round, rounds alternating service and direct; the best round counts."""
-    from medsam_server.preprocess import window_to_uint8
-    from medsam_server.prompts import Prompt
-    from medsam_server.session import Session
+    from medsam_server.engine.preprocess import window_to_uint8
+    from medsam_server.engine.prompts import Prompt
+    from medsam_server.engine.session import Session
 
     volume = ct_int16(2)
     sid, _ = server.open(volume, "zstd")
@@ -139,9 +139,9 @@ def bench_propagation(server: Server | None, engine, slices: int) -> float:
     volume = ct_int16(slices)
     key = slices // 2
     if server is None:
-        from medsam_server.preprocess import window_to_uint8
-        from medsam_server.prompts import Prompt
-        from medsam_server.session import Session
+        from medsam_server.engine.preprocess import window_to_uint8
+        from medsam_server.engine.prompts import Prompt
+        from medsam_server.engine.session import Session
 
         session = Session(engine, window_to_uint8(volume, "ct"))
         session.add_prompt(1, "k", key, Prompt(box=BOX))
@@ -174,8 +174,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from medsam_server.engine import Engine
-    from medsam_server.model import write_random_checkpoint
+    from medsam_server.engine.engine import Engine
+    from medsam_server.engine.model import write_random_checkpoint
 
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:

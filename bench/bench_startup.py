@@ -38,17 +38,17 @@ def stages(checkpoint: str, output: str, launched: float) -> None:
     mark("interpreter")
     import medsam_server.cli  # noqa: F401  (what the console script imports)
     mark("cli import")
-    from medsam_server.volume_io import read_volume, write_mask
+    from medsam_server.io.volumes import read_volume, write_mask
     volume = read_volume(DICOM)
     mark("read volume")
     import torch  # noqa: F401
     mark("import torch")
-    from medsam_server.engine import Engine
-    from medsam_server.pipeline import segment_objects
-    from medsam_server.preprocess import window_to_uint8
-    from medsam_server.prompts import Prompt
-    from medsam_server.session import Session
-    from medsam_server.specs import DEFAULT_COLORS, ObjectSpec
+    from medsam_server.engine.engine import Engine
+    from medsam_server.engine.objects import DEFAULT_COLORS, ObjectSpec
+    from medsam_server.engine.pipeline import segment_objects
+    from medsam_server.engine.preprocess import window_to_uint8
+    from medsam_server.engine.prompts import Prompt
+    from medsam_server.engine.session import Session
     mark("import engine (sam2, hydra)")
     engine = Engine.from_checkpoint(checkpoint, "cpu")
     mark("model ready (build + load)")
@@ -67,7 +67,7 @@ def stages(checkpoint: str, output: str, launched: float) -> None:
 def model_parts(checkpoint: str) -> dict[str, float]:
     """Model ready, split: read the file, build the network, load the weights."""
     import torch
-    from medsam_server.model import build_model, load_checkpoint, read_state_dict
+    from medsam_server.engine.model import build_model, load_checkpoint, read_state_dict
 
     t0 = time.perf_counter()
     state = read_state_dict(checkpoint)
@@ -105,7 +105,7 @@ def main() -> None:
     staged: list[dict[str, float]] = []
     parts: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        from medsam_server.model import write_random_checkpoint
+        from medsam_server.engine.model import write_random_checkpoint
 
         ckpt = str(write_random_checkpoint(Path(tmp) / "random.pt", seed=0))
         out = str(Path(tmp) / "out.seg.nrrd")

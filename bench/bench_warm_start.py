@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from medsam_server.model import write_random_checkpoint
+    from medsam_server.engine.model import write_random_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_random_checkpoint(Path(tmp) / "random.pt", seed=0)

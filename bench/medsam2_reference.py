@@ -48,7 +48,7 @@ def build_reference_predictor(checkpoint: str, device: str = "cpu"):  # noqa: AN
 
     if not str(device).startswith("cuda"):
         install_cpu_connected_components()
-    from medsam_server.model import FILL_HOLE_AREA, _load_config
+    from medsam_server.engine.model import FILL_HOLE_AREA, _load_config
 
     cfg = _load_config()
     cfg.model._target_ = "sam2.sam2_video_predictor_legacy.SAM2VideoPredictor"

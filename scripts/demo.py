@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from medsam_server.checkpoints import resolve_checkpoint
-from medsam_server.cli import main as cli_main
-from medsam_server.model import CheckpointError, write_random_checkpoint
+from medsam_server.cli.main import main as cli_main
+from medsam_server.engine.model import CheckpointError, write_random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "Resources" / "SampleData" / "example_ct_sm.nii.gz"

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="medsam-shots-"))
     checkpoint, note = args.checkpoint, ""
     if not checkpoint:
-        from medsam_server.model import write_random_checkpoint
+        from medsam_server.engine.model import write_random_checkpoint
 
         checkpoint = write_random_checkpoint(tmp / "random.pt", seed=0)
         note = "random weights: mask meaningless"

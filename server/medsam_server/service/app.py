@@ -39,9 +39,7 @@ from medsam_client.protocol import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..engine import Engine
-from ..preprocess import PreprocessError
-from ..prompts import PromptError
+from ..engine import Engine, PreprocessError, PromptError
 from . import errors
 from .config import ServiceConfig
 from .jobs import Job

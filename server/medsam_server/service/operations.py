@@ -45,19 +45,9 @@ from medsam_client.protocol import (
 )
 
 from .. import __version__
-from ..engine import Engine
-from ..preprocess import PreprocessError
-from ..prompts import Prompt, PromptError
-from ..session import Session, SliceResult
+from ..engine import Engine, PreprocessError, Prompt, PromptError, Session, SliceResult
 from .config import ServiceConfig
-from .errors import (
-    BadInput,
-    ObjectNotFound,
-    SessionGone,
-    TooManyObjects,
-    Unavailable,
-    WrongState,
-)
+from .errors import BadInput, ObjectNotFound, SessionGone, TooManyObjects, Unavailable, WrongState
 from .focus import FocusWork
 from .jobs import Job, JobStore
 from .sessions import ServiceSession, SessionRegistry

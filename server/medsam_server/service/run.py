@@ -24,9 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoints import resolve_checkpoint, sha256_file
-from ..engine import DEFAULT_FEATURE_CACHE_BYTES, Engine
-from ..prompts import Prompt
-from ..session import Session
+from ..engine import DEFAULT_FEATURE_CACHE_BYTES, Engine, Prompt, Session
 from .config import MB, ServiceConfig
 
 ENV_TOKEN = "MEDSAM_TOKEN"

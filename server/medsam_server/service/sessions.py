@@ -43,19 +43,10 @@ from medsam_client.protocol import (
     sha256_array,
 )
 
-from ..engine import Engine
-from ..preprocess import window_to_uint8
-from ..session import Session
+from ..engine import Engine, Session, window_to_uint8
 from .claims import SessionWork
 from .config import ServiceConfig
-from .errors import (
-    BadInput,
-    OutOfMemory,
-    SessionGone,
-    TooLarge,
-    TooManySessions,
-    WrongState,
-)
+from .errors import BadInput, OutOfMemory, SessionGone, TooLarge, TooManySessions, WrongState
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -18,10 +18,8 @@ import numpy as np
 from medsam_client.client import MedSAMClient, MedSAMError, SessionHandle, slice_mask
 from medsam_client.protocol import SliceUpdate
 
-from .postprocess import add_object
-from .preprocess import axis_index
-from .specs import ObjectSpec
-from .volume_io import Volume
+from ..engine import ObjectSpec, add_object, axis_index
+from ..io.volumes import Volume
 
 
 def segment_remote(args: argparse.Namespace, specs: list[ObjectSpec],

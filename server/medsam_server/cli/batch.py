@@ -1,6 +1,6 @@
 """``medsam-server evaluate`` and ``medsam-server batch``: parsers and commands.
 
-Kept apart from ``cli.py`` (which registers them) so that file stays about ``segment``,
+Kept apart from ``cli/main.py`` (which registers them) so that file stays about ``segment``,
 ``serve`` and checkpoints. Every user error raises one of ``cli.USER_ERRORS``: exit
 status 2, one line, nothing written.
 """
@@ -11,10 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .batch import FORMATS, BatchError, BatchSettings, read_manifest
-from .batch_run import BatchLedger, report
-from .cli_options import add_checkpoint_options, add_segmentation_options, precision_note
-from .evaluate import (
+from ..batch.cases import FORMATS, BatchError, BatchSettings, read_manifest
+from ..batch.evaluate import (
     DEFAULT_TOLERANCE_MM,
     EvaluationError,
     check_labels,
@@ -24,7 +22,9 @@ from .evaluate import (
     summary,
     write_metrics_csv,
 )
-from .preprocess import PreprocessError
+from ..batch.run import BatchLedger, report
+from ..engine import PreprocessError
+from .options import add_checkpoint_options, add_segmentation_options, precision_note
 
 RAY_MISSING = ("--ray needs Ray, an optional extra: pip install 'medsam-server[ray]' "
                "(or pip install ray) in this environment and on every node of the cluster")
@@ -117,14 +117,14 @@ def _check_csv_path(path: str) -> Path:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .checkpoints import resolve_checkpoint, sha256_file
+    from ..checkpoints import resolve_checkpoint, sha256_file
 
     tolerance = _check_batch_options(args)
     cases = read_manifest(args.manifest, boxes_from_reference=args.boxes_from_reference)
     ray_options = None
     if args.ray is not None:
         try:
-            from .batch_ray import RayOptions
+            from ..batch.ray_runner import RayOptions
         except ImportError:
             raise BatchError(RAY_MISSING) from None
         ray_options = RayOptions(args.ray or None, args.workers, args.cpus_per_worker,
@@ -146,14 +146,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
               file=sys.stderr)
     try:
         if ray_options is not None:
-            from .batch_ray import run_on_ray
+            from ..batch.ray_runner import run_on_ray
 
             finished = run_on_ray(ledger, todo, checkpoint, ray_options, quiet=args.quiet)
         else:
-            from .batch_run import run_local
+            from ..batch.run import run_local
 
             def load_engine() -> object:
-                from .engine import Engine
+                from ..engine import Engine
 
                 engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
                                                 precision=args.precision)

@@ -1,4 +1,4 @@
-"""Objects to segment in a batch run (CLI ``--slice/--box`` or ``--prompts FILE.json``).
+"""Read the objects to segment from a prompts file (``segment --prompts FILE.json``, batch).
 
 Torch-free, so ``segment --server`` needs no model code in the client process.
 """
@@ -6,28 +6,9 @@ Torch-free, so ``segment --server`` needs no model code in the client process.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from .preprocess import AXES
-from .prompts import Prompt, PromptError
-
-DEFAULT_COLORS = [
-    (0.50, 0.68, 0.50), (0.95, 0.84, 0.57), (0.69, 0.48, 0.39), (0.44, 0.72, 0.98),
-    (0.85, 0.40, 0.40), (0.72, 0.51, 0.85), (0.35, 0.75, 0.75), (0.90, 0.60, 0.30),
-]
-
-
-@dataclass(frozen=True)
-class ObjectSpec:
-    """One object to segment: its output label, name, colour and its prompt."""
-
-    label: int
-    name: str
-    axis: str
-    slice: int
-    prompt: Prompt
-    color: tuple[float, float, float] = DEFAULT_COLORS[0]
+from ..engine import AXES, DEFAULT_COLORS, ObjectSpec, Prompt, PromptError
 
 
 def load_prompts_file(path: str | Path) -> list[ObjectSpec]:

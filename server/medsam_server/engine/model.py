@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, DeviceError  # noqa: F401  (re-exported)
+from ..checkpoints import CheckpointError, DeviceError  # noqa: F401  (re-exported)
 
 CONFIG_NAME = "medsam2_hiera_t512.yaml"
 IMAGE_SIZE = 512
@@ -27,7 +27,7 @@ FILL_HOLE_AREA = 8
 def _load_config():  # -> omegaconf.DictConfig
     from omegaconf import OmegaConf
 
-    text = resources.files("medsam_server.configs").joinpath(CONFIG_NAME).read_text()
+    text = resources.files(__package__).joinpath("configs", CONFIG_NAME).read_text()
     return OmegaConf.create(text)
 
 

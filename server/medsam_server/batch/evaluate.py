@@ -6,7 +6,7 @@ the voxel grid with its physical spacing, so they compare with the MedSAM/MedSAM
 papers. Per label, as MedSAM's ``compute_metrics``: both masks empty -> DSC = NSD = 1;
 reference empty and prediction not -> 0 and 0.
 
-Label volumes are read with ``volume_io.read_volume`` (NIfTI, NRRD, ``.seg.nrrd``
+Label volumes are read with ``io.volumes.read_volume`` (NIfTI, NRRD, ``.seg.nrrd``
 labelmaps, MHA); a prediction and its reference must share one grid: nothing is resampled.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .volume_io import Volume, read_volume
+from ..io.volumes import Volume, read_volume
 
 DEFAULT_TOLERANCE_MM = 2.0
 METRICS_COLUMNS = ("case", "label", "dsc", "nsd")

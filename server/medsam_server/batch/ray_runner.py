@@ -3,7 +3,7 @@
 One long-lived actor per worker slot holds an ``Engine`` (the model is loaded once per
 actor, not per case). The driver, this process, does everything else exactly as the
 local runner does (``batch.prepare_case`` reads, checks and preprocesses a case;
-``batch_run.BatchLedger`` writes the output, results and metrics), and streams the
+``run.BatchLedger`` writes the output, results and metrics), and streams the
 prepared cases to whichever actor is free. Actors run ``batch.segment_case``, the local
 runner's code, so with the same device and thread count the outputs are identical to a
 local run.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import ray
 
-from .batch import (
+from .cases import (
     BatchError,
     BatchSettings,
     Case,
@@ -39,7 +39,7 @@ from .batch import (
     prepare_case,
     segment_case,
 )
-from .batch_run import BatchLedger, _note, stop_on_sigint
+from .run import BatchLedger, _note, stop_on_sigint
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class CaseWorker:
 
     def __init__(self, checkpoint: bytes, device: str, threads: int,
                  precision: str = "auto") -> None:
-        from .engine import Engine
+        from ..engine import Engine
 
         # torch.load wants a file; a private copy on the worker's own disk
         with tempfile.TemporaryDirectory(prefix="medsam-ckpt-") as tmp:

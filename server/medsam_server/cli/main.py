@@ -1,5 +1,5 @@
 """``medsam-server`` command line: segment, checkpoints, make-test-checkpoint (evaluate and
-batch: ``cli_batch.py``).
+batch: ``cli/batch.py``).
 
 Every user error ends the process with status 2 and one line on stderr, and
 writes nothing.
@@ -17,27 +17,33 @@ from pathlib import Path
 
 from medsam_client.client import MedSAMError
 
-from . import __version__
-from .batch import BatchError
-from .checkpoints import (
+from .. import __version__
+from ..batch.cases import BatchError
+from ..batch.evaluate import EvaluationError
+from ..checkpoints import (
     CheckpointError,
     DeviceError,
     format_checkpoint_table,
     list_checkpoints,
     resolve_checkpoint,
 )
-from .cli_batch import add_parsers as add_batch_parsers
-from .cli_options import (
+from ..engine import (
+    DEFAULT_COLORS,
+    ObjectSpec,
+    PreprocessError,
+    Prompt,
+    PromptError,
+    check_slice_prompt,
+)
+from ..io.prompts_file import load_prompts_file
+from ..io.volumes import VolumeError
+from .batch import add_parsers as add_batch_parsers
+from .options import (
     add_checkpoint_options,
     add_precision_argument,
     add_segmentation_options,
     precision_note,
 )
-from .evaluate import EvaluationError
-from .preprocess import PreprocessError
-from .prompts import Prompt, PromptError, check_slice_prompt
-from .specs import DEFAULT_COLORS, ObjectSpec, load_prompts_file
-from .volume_io import VolumeError
 
 USER_ERRORS = (BatchError, CheckpointError, DeviceError, EvaluationError, MedSAMError,
                PreprocessError, PromptError, VolumeError)
@@ -99,7 +105,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .service.run import serve
+    from ..service.run import serve
 
     return serve(args)
 
@@ -111,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _segment_parser(sub)
     _serve_parser(sub)
-    add_batch_parsers(sub)  # evaluate, batch (cli_batch.py)
+    add_batch_parsers(sub)  # evaluate, batch (cli/batch.py)
     p = sub.add_parser("checkpoints", help="list known MedSAM2 releases and the cache")
     p.add_argument("--cache-dir", help="cache folder (default $MEDSAM2_CACHE_DIR or ~/.cache/medsam2)")
     p.add_argument("--download", metavar="NAME", help="download a release into the cache")
@@ -143,7 +149,7 @@ def _objects_from_args(args: argparse.Namespace) -> list[ObjectSpec]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .volume_io import check_output_path, read_volume, write_mask
+    from ..io.volumes import check_output_path, read_volume, write_mask
 
     # every cheap check first: a typo costs no model load and no upload
     specs = _objects_from_args(args)
@@ -174,10 +180,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def _segment_local(args: argparse.Namespace, specs: list[ObjectSpec],
                    volume: object) -> tuple[object, int, str]:
-    from .engine import Engine
-    from .pipeline import segment_objects
-    from .preprocess import window_to_uint8
-    from .session import Session
+    from ..engine import Engine, Session, segment_objects, window_to_uint8
 
     volume_u8 = window_to_uint8(volume.array, args.modality,  # type: ignore[attr-defined]
                                 tuple(args.window) if args.window else None)
@@ -214,8 +217,8 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         raise CheckpointError("give --json or --progress-json, not both (stdout carries one "
                               "format)")
     if args.download:
-        from .checkpoints import _cache as cache_dir
-        from .checkpoints import download_release, get_release
+        from ..checkpoints import _cache as cache_dir
+        from ..checkpoints import download_release, get_release
 
         release = get_release(args.download)
         if args.progress_json:
@@ -281,7 +284,7 @@ def _download_progress():  # noqa: ANN202
 
 
 def cmd_make_test_checkpoint(args: argparse.Namespace) -> int:
-    from .model import write_random_checkpoint
+    from ..engine import write_random_checkpoint
 
     path = write_random_checkpoint(args.output, seed=args.seed)
     print(f"wrote {path}: RANDOM weights (seed {args.seed}) of the MedSAM2 architecture; "

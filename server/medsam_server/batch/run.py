@@ -3,7 +3,7 @@
 ``BatchLedger`` owns ``OUTDIR``: it decides which cases still have to run, records the
 settings in ``batch.json``, and after every case rewrites ``results.csv`` and
 ``metrics.csv`` (temporary file, then rename), so the folder is consistent whenever the
-batch stops. The local runner (here) and the Ray runner (``batch_ray.py``) both feed it.
+batch stops. The local runner (here) and the Ray runner (``ray_runner.py``) both feed it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import (
+from ..engine import AXES
+from ..io.prompts_file import load_prompts_file
+from ..io.volumes import Volume, read_volume, write_mask
+from .cases import (
     SETTINGS_FILE,
     BatchError,
     BatchSettings,
@@ -43,9 +46,6 @@ from .evaluate import (
     write_csv_atomic,
     write_metrics_csv,
 )
-from .preprocess import AXES
-from .specs import load_prompts_file
-from .volume_io import Volume, read_volume, write_mask
 
 RESULTS_COLUMNS = ("case", "status", "seconds", "slices_encoded", "message")
 

@@ -4,7 +4,7 @@ Each case runs what ``segment`` runs (``pipeline.segment_objects`` on a ``Sessio
 one ``Engine``, loaded once per process or Ray actor). ``prepare_case`` (read, check,
 derive the objects, preprocess) runs in the driving process; ``segment_case`` runs where
 the engine is, here or on a Ray actor, so both runners segment a case the same way.
-Running a batch (``OUTDIR``, resuming, Ctrl-C) is ``batch_run.py``.
+Running a batch (``OUTDIR``, resuming, Ctrl-C) is ``run.py``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine import (
+    AXES,
+    DEFAULT_COLORS,
+    ObjectSpec,
+    Prompt,
+    PromptError,
+    check_slice_prompt,
+    window_to_uint8,
+)
+from ..io.prompts_file import load_prompts_file
+from ..io.volumes import Volume, read_volume
 from .evaluate import check_same_grid, label_array
-from .preprocess import AXES, window_to_uint8
-from .prompts import Prompt, PromptError, check_slice_prompt
-from .specs import DEFAULT_COLORS, ObjectSpec, load_prompts_file
-from .volume_io import Volume, read_volume
 
 # A case name is also a file name.
 _SAFE_CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -236,8 +243,7 @@ def prepare_case(case: Case, settings: BatchSettings
 def segment_case(engine: object, prepared: PreparedCase, settings: BatchSettings,
                  progress: Callable[[object], None] | None = None) -> CaseOutcome:
     """Segment one prepared case on ``engine``: the same code runs locally and on Ray."""
-    from .pipeline import segment_objects
-    from .session import Session
+    from ..engine import Session, segment_objects
 
     t0 = time.perf_counter()
     before = engine.encoder_calls  # type: ignore[attr-defined]

@@ -12,10 +12,10 @@ from typing import Literal
 
 import numpy as np
 
+from .objects import ObjectSpec
 from .postprocess import add_object
 from .prompts import Prompt
 from .session import Session, SliceResult
-from .specs import ObjectSpec
 
 Recipe = Literal["box", "mask"]
 
