@@ -1,6 +1,6 @@
 """MedSAMClient against a REAL medsam-server process (random-weight checkpoint, CPU).
 
-Results are compared voxel for voxel with an in-process ``medsam_server.session.Session``
+Results are compared voxel for voxel with an in-process ``medsam_server.engine.Session``
 run on the same input. Transport corner cases (non-JSON answers, retries) use a tiny
 stdlib HTTP stub instead.
 """
@@ -392,7 +392,7 @@ def test_a_job_without_progress_is_cancelled_after_the_stall_timeout(stub):
 def test_client_side_imports_neither_torch_nor_slicer():
     import subprocess
 
-    code = ("import sys, medsam_client.client, medsam_client.worker, medsam_server.remote; "
+    code = ("import sys, medsam_client.client, medsam_client.worker, medsam_server.cli.remote; "
             "print(sorted(m for m in ('torch', 'slicer', 'fastapi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

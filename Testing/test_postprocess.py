@@ -1,4 +1,4 @@
-"""Tests for medsam_server.postprocess on hand-made masks and logits."""
+"""Tests for medsam_server.engine.postprocess on hand-made masks and logits."""
 
 from __future__ import annotations
 

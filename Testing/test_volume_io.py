@@ -1,4 +1,4 @@
-"""Tests for medsam_server.volume_io on the real volumes in shared/data and on synthetic edge cases."""
+"""Tests for medsam_server.io.volumes on the real volumes in shared/data and on synthetic edge cases."""
 
 from __future__ import annotations
 
