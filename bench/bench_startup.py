@@ -36,7 +36,7 @@ def stages(checkpoint: str, output: str, launched: float) -> None:
         marks.append((name, time.time() - launched))
 
     mark("interpreter")
-    import medsam_server.cli  # noqa: F401  (what the console script imports)
+    import medsam_server.cli.main  # noqa: F401  (what the console script imports)
     mark("cli import")
     from medsam_server.io.volumes import read_volume, write_mask
     volume = read_volume(DICOM)
