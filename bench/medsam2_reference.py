@@ -108,3 +108,41 @@ def reference_segment(predictor, volume_u8: np.ndarray, key: int, box: tuple,  #
                 logits[idx] = out[0, 0].float().cpu().numpy()
         predictor.reset_state(state)
     return (seg, logits) if keep_logits else seg
+
+
+def sam2_video_frames(frames_u8: np.ndarray, folder: str, image_size: int = 512) -> torch.Tensor:
+    """Frames as SAM2's own video loader makes them (``load_video_frames_from_jpg_images``).
+
+    Each frame is written losslessly (PNG) and read back by sam2's ``_load_img_as_tensor``
+    (PIL → RGB → resize → /255), then normalised in float32 as that loader does. Grey
+    (T, H, W) or colour (T, H, W, 3) uint8.
+    """
+    import os
+
+    from sam2.utils.misc import _load_img_as_tensor
+
+    images = torch.zeros(len(frames_u8), 3, image_size, image_size, dtype=torch.float32)
+    for n, frame in enumerate(frames_u8):
+        path = os.path.join(folder, f"{n:05d}.png")
+        Image.fromarray(np.ascontiguousarray(frame)).save(path)
+        images[n], _, _ = _load_img_as_tensor(path, image_size)
+    mean = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
+    std = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
+    images -= mean
+    images /= std
+    return images
+
+
+@torch.inference_mode()
+def reference_video(predictor, frames: torch.Tensor, height: int, width: int, key: int,  # noqa: ANN001
+                    box: tuple, directions: tuple[bool, ...] = (False,)) -> dict[int, np.ndarray]:
+    """``medsam2_infer_video.py``'s recipe: prompt the key frame, propagate forward (then,
+    for both directions, reset and the same box in reverse). {frame: video-res logits}."""
+    logits: dict[int, np.ndarray] = {}
+    state = init_state_from_frames(predictor, frames, height, width)
+    for reverse in directions:
+        predictor.add_new_points_or_box(state, frame_idx=key, obj_id=1, box=np.array(box))
+        for idx, _, out in predictor.propagate_in_video(state, reverse=reverse):
+            logits[idx] = out[0, 0].float().cpu().numpy()  # the key frame: same both ways
+        predictor.reset_state(state)
+    return logits

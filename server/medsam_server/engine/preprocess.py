@@ -10,6 +10,11 @@ Volume level (once per session, non-destructive, result is compact uint8):
 Slice level (lazily, per slice the model sees): grey uint8 → bicubic resize to
 512×512 as PIL does for the image replicated to RGB → /255 → ImageNet mean/std.
 The arithmetic is float64 then cast to float32, like MedSAM2 (its array is float64).
+
+Colour frames (video, colour ultrasound): a (frames, rows, columns, 3) uint8 RGB array. Each
+frame goes to the model the way SAM2's video loader sends a JPEG frame (``sam2.utils.misc.
+_load_img_as_tensor``): PIL RGB bicubic resize → /255 → ImageNet mean/std per channel. They
+are segmented along the frame axis (k) only.
 """
 
 from __future__ import annotations
@@ -138,6 +143,33 @@ def normalize(resized_u8: np.ndarray) -> np.ndarray:
     return ((grey[None] - mean) / std).astype(np.float32)
 
 
+def is_colour(volume_u8: np.ndarray) -> bool:
+    """True for colour frames: (frames, rows, columns, 3) uint8 RGB."""
+    return volume_u8.ndim == 4 and volume_u8.shape[3] == 3
+
+
+def resize_rgb_to_model(frame_rgb: np.ndarray, size: int = 512) -> np.ndarray:
+    """(size, size, 3) uint8: PIL's bicubic resize of an RGB frame, as SAM2's video loader."""
+    img = Image.fromarray(np.ascontiguousarray(frame_rgb, dtype=np.uint8), mode="RGB")
+    return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC))
+
+
+def normalize_rgb(resized_rgb: np.ndarray) -> np.ndarray:
+    """(3, H, W) float32 from (H, W, 3) uint8, in SAM2's video-loader arithmetic.
+
+    ``load_video_frames_from_jpg_images`` divides by 255 in float64, stores the frame in a
+    float32 tensor, then subtracts the mean and divides by the std in float32.
+    """
+    rgb = (resized_rgb.astype(np.float64) / 255.0).astype(np.float32).transpose(2, 0, 1)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray((rgb - mean) / std, dtype=np.float32)
+
+
 def model_input(volume_u8: np.ndarray, axis: str, index: int, size: int = 512) -> np.ndarray:
-    """The normalised (3, size, size) float32 image the encoder sees for one slice."""
+    """The normalised (3, size, size) float32 image the encoder sees for one slice or frame."""
+    if is_colour(volume_u8):
+        if axis != "k":
+            raise PreprocessError(f"colour frames are segmented along time (axis k), not {axis}")
+        return normalize_rgb(resize_rgb_to_model(get_slice(volume_u8, "k", index), size))
     return normalize(resize_to_model(get_slice(volume_u8, axis, index), size))

@@ -32,7 +32,7 @@ import torch
 
 from .engine import Engine, StepOutput, upsample_logits
 from .features import return_freed_memory, tensor_nbytes, tensors_nbytes
-from .preprocess import axis_index, model_input, slice_shape
+from .preprocess import axis_index, is_colour, model_input, slice_shape
 from .prompts import Prompt, PromptError, check_slice_prompt, merge_points
 from .undo import SliceBefore, UndoEntry, UndoReport
 
@@ -107,19 +107,24 @@ class Cancelled(Exception):
 class Session:
     """State for one preprocessed uint8 volume: feature cache, objects, results.
 
+    ``volume_u8`` is (k, j, i) grey, or (frames, rows, columns, 3) RGB colour frames
+    (``preprocess.is_colour``), which are segmented along the frame axis k only.
+
     ``undo_depth``: prompts per object that ``undo`` can take back (older ones are forgotten).
     """
 
     def __init__(self, engine: Engine, volume_u8: np.ndarray, *, undo_depth: int = 16) -> None:
-        if volume_u8.ndim != 3 or volume_u8.dtype != np.uint8:
-            raise ValueError("a session needs a 3D uint8 volume (see preprocess.window_to_uint8)")
+        if volume_u8.dtype != np.uint8 or not (volume_u8.ndim == 3 or is_colour(volume_u8)):
+            raise ValueError("a session needs a 3D uint8 volume (see preprocess.window_to_uint8) "
+                             "or (frames, rows, columns, 3) uint8 colour frames")
         if min(volume_u8.shape) < 1:
             raise ValueError(f"empty volume shape {volume_u8.shape}")
         if undo_depth < 0:
             raise ValueError(f"undo_depth must be >= 0, got {undo_depth}")
         self.engine = engine
         self.volume = volume_u8
-        self.shape: tuple[int, int, int] = tuple(volume_u8.shape)  # type: ignore[assignment]
+        self.colour = is_colour(volume_u8)
+        self.shape: tuple[int, int, int] = tuple(volume_u8.shape[:3])  # type: ignore[assignment]
         self.cache = engine.new_cache()
         self.undo_depth = undo_depth
         self._objects: dict[int, _Object] = {}
@@ -158,7 +163,7 @@ class Session:
     def memory(self) -> dict[str, int]:
         """Bytes this session holds, by kind. Safe from any thread: counters only."""
         return {"volumes": int(self.volume.nbytes), "features": int(self.cache.nbytes),
-                "masks": self._object_count * int(self.volume.size),
+                "masks": self._object_count * int(np.prod(self.shape)),
                 "logits": self._logits_bytes, "undo": self._undo_bytes}
 
     def slice_shape(self, axis: str) -> tuple[int, int]:
@@ -170,6 +175,8 @@ class Session:
     # ---- editing -------------------------------------------------------------------
     def check_prompt(self, axis: str, index: int, prompt: Prompt) -> Prompt:
         """Validate a prompt for a slice without running the model (clipped box returned)."""
+        if self.colour and axis != "k":
+            raise PromptError(f"colour frames are segmented along time (axis k), not axis {axis}")
         return check_slice_prompt(self.shape, axis, index, prompt)
 
     def add_prompt(self, object_id: int, axis: str, index: int, prompt: Prompt) -> SliceResult:
