@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from medsam_server.engine import Engine, Prompt, PromptError, Session
-
 from conftest import shared
+from medsam_server.engine import Engine, Prompt, PromptError, Session
 
 KEY = 1
 BOX = (225, 95, 325, 225)  # SOURCES.md's approximate LV box on the cropped frames
