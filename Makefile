@@ -18,7 +18,7 @@ $(STAMP): client/pyproject.toml server/pyproject.toml server/requirements-sam2.t
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "$(TORCH_SPEC)"
 	# medsam-server depends on medsam-client (the torch-free client, ../client): both editable
-	$(PIP) install -e client -e "server[test,ray]"
+	$(PIP) install -e client -e "server[test,ray,video]"
 	SAM2_BUILD_CUDA=0 $(PIP) install --no-deps --no-build-isolation --require-hashes \
 		-r server/requirements-sam2.txt
 	$(PY) -c "import sys, sam2.modeling.sam2_base; assert 'torchvision' not in sys.modules"

@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from medsam_server import checkpoints as ck
@@ -386,3 +387,20 @@ def test_list_and_format_checkpoints(server, tmp_path):
     assert "not downloaded" in next(line for line in lines if "MedSAM2_2411" in line)
     assert "partial" in next(line for line in lines if "MedSAM2_CTLesion" in line)
     assert "Licence: CC-BY-SA-4.0" in table
+
+
+def test_a_release_name_works_where_a_path_does(monkeypatch, tmp_path):
+    """``--checkpoint MedSAM2_US_Heart``: that release from the cache (echo's checkpoint),
+    never $MEDSAM2_CHECKPOINT's file; a file of that name in the folder still wins."""
+    heart = tmp_path / "MedSAM2_US_Heart.pt"
+    heart.write_bytes(b"ckpt")
+    monkeypatch.setenv(ck.ENV_CHECKPOINT, str(tmp_path / "latest.pt"))
+    (tmp_path / "latest.pt").write_bytes(b"ckpt")
+    monkeypatch.chdir(tmp_path / "..")
+    assert ck.resolve_checkpoint("MedSAM2_US_Heart", cache_dir=tmp_path) == heart
+    assert ck.resolve_checkpoint("MedSAM2_US_Heart.pt", cache_dir=tmp_path) == heart
+    with pytest.raises(CheckpointError, match="MedSAM2_CTLesion"):  # not cached: says how
+        ck.resolve_checkpoint("MedSAM2_CTLesion", cache_dir=tmp_path)
+    monkeypatch.chdir(tmp_path)  # a file named like the release here is a path
+    assert ck.resolve_checkpoint("MedSAM2_US_Heart.pt", cache_dir=tmp_path / "none") == \
+        Path("MedSAM2_US_Heart.pt")

@@ -156,18 +156,24 @@ def resolve_checkpoint(
     release: str | Release = DEFAULT_RELEASE,
     download: bool = False,
     progress: ProgressFn | None = None,
+    _env: bool = True,
 ) -> Path:
     """Return the checkpoint path to use: explicit > $MEDSAM2_CHECKPOINT > cache > download.
 
+    ``explicit`` is a path, or a release name (``--checkpoint MedSAM2_US_Heart``) when no
+    file of that name exists: that release from the cache, or downloaded with ``download``.
     An explicit or environment path that does not exist is an error rather than a fall
     through, so a typo is not silently replaced by some other file.
     """
     if explicit is not None and str(explicit) != "":
         path = Path(explicit).expanduser()
+        if not path.exists() and str(explicit).removesuffix(".pt") in RELEASES:
+            return resolve_checkpoint(None, cache_dir=cache_dir, release=str(explicit),
+                                      download=download, progress=progress, _env=False)
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path} (given with --checkpoint)")
         return path
-    env = os.environ.get(ENV_CHECKPOINT)
+    env = os.environ.get(ENV_CHECKPOINT) if _env else None
     if env:
         path = Path(env).expanduser()
         if not path.is_file():

@@ -52,11 +52,14 @@ USER_ERRORS = (BatchError, CheckpointError, DeviceError, EvaluationError, MedSAM
 def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a volume from a box on one slice",
                        description="Segment a 3D volume with MedSAM2 from a box on one slice.")
-    p.add_argument("input", help="NIfTI, NRRD, MHA file or a DICOM series folder")
+    p.add_argument("input", help="NIfTI, NRRD, MHA file or a DICOM series folder; with --time "
+                   "also a multi-frame DICOM file or a video (MP4, AVI, MOV, MKV)")
     p.add_argument("-o", "--output", required=True,
-                   help="output mask: .nii.gz, .nrrd or .seg.nrrd (on the input's grid)")
+                   help="output mask: .nii.gz, .nrrd or .seg.nrrd (on the input's grid); with "
+                        "--time also .seq.nrrd (a volume sequence, as 3D Slicer loads one)")
     add_checkpoint_options(p)
-    p.add_argument("--slice", type=int, help="key slice index along --axis")
+    p.add_argument("--slice", "--frame", dest="slice", type=int,
+                   help="key slice index along --axis (with --time: the key frame)")
     p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                    help="box on the key slice, x along columns, y along rows (voxels)")
     add_segmentation_options(
@@ -65,6 +68,12 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", help="JSON file with several objects (see README)")
     p.add_argument("--name", default="Segment_1", help="segment name (single object)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--time", action="store_true",
+                   help="the input is 2D + time: the frame index plays the slice's role "
+                        "(axis k), colour frames go to the model as RGB (see docs/video.md)")
+    p.add_argument("--direction", choices=["both", "forward", "backward"], default="both",
+                   help="propagate both ways from the key slice (default) or one way only "
+                        "(MedSAM2's video recipe is forward)")
     p.add_argument("--server", metavar="URL",
                    help="run on a medsam-server service instead of in this process")
     p.add_argument("--token", help="bearer token for --server (default $MEDSAM_TOKEN)")
@@ -153,6 +162,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     # every cheap check first: a typo costs no model load and no upload
     specs = _objects_from_args(args)
+    if args.time:
+        from .frames import cmd_segment_frames
+
+        return cmd_segment_frames(args, specs)
     out = Path(args.output)
     check_output_path(out)
     if args.window is not None and args.modality != "ct":
@@ -194,7 +207,7 @@ def _segment_local(args: argparse.Namespace, specs: list[ObjectSpec],
     try:
         labels, overlap = segment_objects(
             session, specs, recipe=args.recipe, lcc=not args.no_lcc,
-            stop_after_empty=args.stop_after_empty,
+            stop_after_empty=args.stop_after_empty, direction=args.direction,
             progress=(lambda r: bar.update(1)) if bar else None)
     finally:
         if bar:

@@ -82,6 +82,7 @@ def _segment_object(client: MedSAMClient, session: SessionHandle, spec: ObjectSp
         client.prompt(session, spec.label, spec.axis, spec.slice,  # type: ignore[arg-type]
                       mask=slice_mask(update))
     job = client.propagate(session, [spec.label], axis=spec.axis,  # type: ignore[arg-type]
+                           direction=getattr(args, "direction", "both"),
                            stop_after_empty=args.stop_after_empty, on_update=on_update)
     if job.state != "done":
         raise MedSAMError(f"propagation of {spec.name!r} ended {job.state} on the server; "

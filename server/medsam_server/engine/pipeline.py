@@ -21,12 +21,14 @@ Recipe = Literal["box", "mask"]
 
 
 def segment_objects(session: Session, specs: list[ObjectSpec], *, recipe: Recipe = "box",
-                    lcc: bool = True, stop_after_empty: int = 0,
+                    lcc: bool = True, stop_after_empty: int = 0, direction: str = "both",
                     progress: Callable[[SliceResult], None] | None = None,
                     ) -> tuple[np.ndarray, int]:
     """Segment every object; returns (uint8 label volume, voxels claimed by two objects).
 
     Where objects overlap the first listed keeps the voxel: nothing is overwritten.
+    ``direction``: both (MedSAM2's 3D recipe, the default), or forward / backward only
+    (``medsam2_infer_video.py`` propagates forward from the prompted frame).
     """
     for spec in specs:  # check every prompt before spending time on the model
         session.check_prompt(spec.axis, spec.slice, spec.prompt)
@@ -34,8 +36,8 @@ def segment_objects(session: Session, specs: list[ObjectSpec], *, recipe: Recipe
         result = session.add_prompt(spec.label, spec.axis, spec.slice, spec.prompt)
         if recipe == "mask":  # MedSAM2's alternative: feed the key-slice mask back as a mask prompt
             session.add_prompt(spec.label, spec.axis, spec.slice, Prompt(mask=result.mask))
-        session.propagate(spec.label, spec.axis, stop_after_empty=stop_after_empty,
-                          progress=progress)
+        session.propagate(spec.label, spec.axis, direction=direction,  # type: ignore[arg-type]
+                          stop_after_empty=stop_after_empty, progress=progress)
     # The model's work is done: its cached slice features (up to the cache budget, 2 GB by
     # default) go before the connected-component pass allocates its own volumes.
     session.release_features()

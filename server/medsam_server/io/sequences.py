@@ -1,0 +1,67 @@
+"""Write labels of frames as a volume sequence that 3D Slicer loads as one (``.seq.nrrd``).
+
+The layout is the one Slicer's ``vtkMRMLVolumeSequenceStorageNode`` (through
+``vtkITKImageSequenceReader``) reads: a 4D NRRD whose first axis is of kind ``list`` (the
+frames) and whose other three are the frame's domain axes with their LPS space directions,
+``axis 0 index type`` and ``axis 0 index values`` naming each item's time (or frame number).
+Each item is one frame as a single-slice 3D label volume at the grid's origin.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import nrrd
+import numpy as np
+
+from .volumes import Volume, VolumeError
+
+SUFFIX = ".seq.nrrd"
+
+
+def write_label_sequence(path: str | os.PathLike, labels: np.ndarray, grid: Volume, *,
+                         frame_time_ms: float | None = None) -> Path:
+    """``labels`` (T, rows, columns) uint8 on ``grid`` (frame index = k) → ``path``.
+
+    Index values are milliseconds when the frame time is known, else frame numbers.
+    Written under a temporary name, then renamed: the file appears only when complete.
+    """
+    out = Path(path)
+    if not out.name.lower().endswith(SUFFIX):
+        raise VolumeError(f"{out}: a label sequence is written as {SUFFIX}")
+    if labels.shape != grid.array.shape[:3]:
+        raise VolumeError(f"{out}: labels {labels.shape} do not match the frames "
+                          f"{grid.array.shape[:3]}")
+    if not out.parent.is_dir():
+        raise VolumeError(f"{out}: output folder {out.parent} does not exist")
+    frames = labels.shape[0]
+    direction = np.asarray(grid.direction, dtype=float).reshape(3, 3)
+    spacing = np.asarray(grid.spacing, dtype=float)
+    axes = (direction * spacing).T  # rows: i, j, k axis vectors in LPS (mm)
+    if frame_time_ms:
+        values, unit = [f"{n * frame_time_ms:.6g}" for n in range(frames)], "ms"
+    else:
+        values, unit = [str(n) for n in range(frames)], ""
+    header = {
+        "type": "uint8", "dimension": 4, "space": "left-posterior-superior",
+        "sizes": [frames, labels.shape[2], labels.shape[1], 1],
+        "space directions": np.vstack([np.full(3, np.nan), axes]),
+        "kinds": ["list", "domain", "domain", "domain"],
+        "labels": ["frame", "", "", ""], "units": [unit, "", "", ""],
+        "space origin": np.asarray(grid.origin, dtype=float),
+        "encoding": "gzip",
+        "axis 0 index type": "numeric",
+        "axis 0 index values": " ".join(values),
+    }
+    data = np.ascontiguousarray(labels.astype(np.uint8).transpose(0, 2, 1)[..., None])
+    tmp = out.parent / f".{secrets.token_hex(6)}-{out.name}"
+    try:
+        nrrd.write(str(tmp), data, header, index_order="F")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise VolumeError(f"{out}: cannot write the label sequence: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
