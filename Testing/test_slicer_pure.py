@@ -3,6 +3,7 @@ thread, settings. No slicer, no Qt needed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -197,3 +198,21 @@ def test_backend_holder_builds_from_settings_and_refuses_an_unset_one(tmp_path):
     assert holder.peek() is None and holder() is not backend
     with pytest.raises(MedSAMError, match="http"):
         RemoteBackend("ftp://x", "t")
+
+
+# Every settings key, as QSettings/PythonQt can hand it back: saved text, a hand-edited INI
+# value with unquoted commas (a QStringList, i.e. a list), a number, a flag, bytes, nothing.
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Settings)])
+@pytest.mark.parametrize("stored, text", [
+    ("cpu", "cpu"), (["/data/a", "b/python3"], "/data/a, b/python3"), (8765, "8765"),
+    (True, "true"), (b"/opt/w.pt", "/opt/w.pt"), (None, None),
+])
+def test_every_setting_reads_back_as_the_text_saved(field, stored, text):
+    from MedSAMSegmentLib.settings import stored_text
+
+    store = DictStore()
+    store.values[f"MedSAMSegment/{field}"] = stored
+    loaded = getattr(load(store), field)
+    assert stored_text(stored) == text
+    assert loaded == (getattr(Settings(), field) if text is None else text)
+    assert isinstance(loaded, str)

@@ -22,9 +22,8 @@ BACKEND_FIELDS = ("backend", "python", "checkpoint", "device", "server_url", "to
 class QtSettingsStore(SettingsStore):
     """Slicer's own settings file (QSettings), group MedSAMSegment/."""
 
-    def get(self, key: str) -> str | None:
-        value = qt.QSettings().value(key)
-        return None if value is None else str(value)
+    def get(self, key: str) -> object | None:
+        return qt.QSettings().value(key)  # converted to text by settings.load
 
     def set(self, key: str, value: str) -> None:
         qt.QSettings().setValue(key, value)

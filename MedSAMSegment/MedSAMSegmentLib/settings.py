@@ -56,10 +56,31 @@ class Settings:
         return problems
 
 
-class SettingsStore:
-    """Key/value persistence (interface); keys are ``MedSAMSegment/<field>``."""
+def stored_text(value: object) -> str | None:
+    """One setting as read back from QSettings, as the text that was saved.
 
-    def get(self, key: str) -> str | None:  # pragma: no cover - interface
+    PythonQt hands QSettings values over as Python objects. Slicer's settings file is INI:
+    text saved by ``setValue`` comes back as ``str``, but a value with unquoted commas (a
+    path edited by hand) comes back as a list of its parts (a QStringList), and a missing
+    key as ``None``. Other stores give numbers, flags or bytes. Every field here is text, so
+    each is turned back into the text the file holds.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+class SettingsStore:
+    """Key/value persistence (interface); keys are ``MedSAMSegment/<field>``; ``get`` may
+    return any object QSettings gives back (``load`` converts it with ``stored_text``)."""
+
+    def get(self, key: str) -> object | None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def set(self, key: str, value: str) -> None:  # pragma: no cover - interface
@@ -68,9 +89,9 @@ class SettingsStore:
 
 class DictStore(SettingsStore):
     def __init__(self) -> None:
-        self.values: dict[str, str] = {}
+        self.values: dict[str, object] = {}
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str) -> object | None:
         return self.values.get(key)
 
     def set(self, key: str, value: str) -> None:
@@ -80,9 +101,9 @@ class DictStore(SettingsStore):
 def load(store: SettingsStore) -> Settings:
     s = Settings()
     for f in fields(Settings):
-        value = store.get(f"{GROUP}/{f.name}")
+        value = stored_text(store.get(f"{GROUP}/{f.name}"))
         if value is not None:
-            setattr(s, f.name, str(value))
+            setattr(s, f.name, value)
     return s
 
 
