@@ -68,6 +68,9 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", help="JSON file with several objects (see README)")
     p.add_argument("--name", default="Segment_1", help="segment name (single object)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--format", choices=["dicom-seg", "rtstruct"],
+                   help="write DICOM SEG or RTSTRUCT (a .dcm output) referencing the input "
+                        "DICOM series (see docs/dicom-export.md)")
     p.add_argument("--time", action="store_true",
                    help="the input is 2D + time: the frame index plays the slice's role "
                         "(axis k), colour frames go to the model as RGB (see docs/video.md)")
@@ -158,7 +161,9 @@ def _objects_from_args(args: argparse.Namespace) -> list[ObjectSpec]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from ..io.dicom_series import source_series
     from ..io.volumes import check_output_path, read_volume, write_mask
+    from .dicom_export import dicom_format, export_objects, write_dicom
 
     # every cheap check first: a typo costs no model load and no upload
     specs = _objects_from_args(args)
@@ -167,10 +172,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
         return cmd_segment_frames(args, specs)
     out = Path(args.output)
-    check_output_path(out)
+    fmt = dicom_format(args)
+    if fmt is None:
+        check_output_path(out)
+    else:
+        export_objects(specs)  # names and codes DICOM can carry, before the model runs
     if args.window is not None and args.modality != "ct":
         raise PreprocessError("--window is only used with --modality ct")
     volume = read_volume(args.input)
+    source = source_series(args.input, volume) if fmt else None
     for spec in specs:
         check_slice_prompt(volume.array.shape, spec.axis, spec.slice, spec.prompt)
     t0 = time.perf_counter()
@@ -180,7 +190,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         labels, overlap, where = segment_remote(args, specs, volume)
     else:
         labels, overlap, where = _segment_local(args, specs, volume)
-    write_mask(out, labels, volume, segments=[(s.label, s.name, s.color) for s in specs])
+    if fmt:
+        where_from = args.server or resolve_checkpoint(args.checkpoint).name
+        write_dicom(fmt, out, labels, source, specs, str(where_from), quiet=args.quiet)
+    else:
+        write_mask(out, labels, volume, segments=[(s.label, s.name, s.color) for s in specs])
     if not args.quiet:
         voxels = ", ".join(f"{s.name}: {int((labels == s.label).sum())} voxels" for s in specs)
         print(f"wrote {out} ({voxels}; {time.perf_counter() - t0:.1f} s, {where})",

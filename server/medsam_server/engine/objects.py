@@ -18,7 +18,9 @@ DEFAULT_COLORS = [
 
 @dataclass(frozen=True)
 class ObjectSpec:
-    """One object to segment: its output label, name, colour and its prompt."""
+    """One object to segment: its output label, name, colour and its prompt; for DICOM
+    export, optionally its code (``{"category": [value, scheme, meaning], "type": [...]}``)
+    and RT ROI interpreted type (default ORGAN)."""
 
     label: int
     name: str
@@ -26,3 +28,5 @@ class ObjectSpec:
     slice: int
     prompt: Prompt
     color: tuple[float, float, float] = DEFAULT_COLORS[0]
+    code: dict | None = None
+    rt_type: str = ""

@@ -9,10 +9,12 @@ import json
 from pathlib import Path
 
 from ..engine import AXES, DEFAULT_COLORS, ObjectSpec, Prompt, PromptError
+from .structure_codes import code_for, rt_type_for
 
 
 def load_prompts_file(path: str | Path) -> list[ObjectSpec]:
-    """Read ``{"objects": [{label, name, slice, axis, box, points, point_labels, color}]}``."""
+    """Read ``{"objects": [{label, name, slice, axis, box, points, point_labels, color, code,
+    rt_type}]}`` (``code`` and ``rt_type``: for DICOM SEG/RTSTRUCT export)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -43,8 +45,15 @@ def load_prompts_file(path: str | Path) -> list[ObjectSpec]:
             raise PromptError(f"{where}: color must be three numbers 0..1")
         prompt = Prompt(box=tuple(map(float, box)) if box is not None else None,
                         points=tuple(points), labels=tuple(labels))
-        specs.append(ObjectSpec(label, str(item.get("name", f"Segment_{label}")), axis, index,
-                                prompt, color))  # type: ignore[arg-type]
+        name = str(item.get("name", f"Segment_{label}"))
+        code, rt_type = item.get("code"), item.get("rt_type")
+        try:  # checked now, so a typo fails before the model runs
+            code_for(name, code)
+            rt_type_for(rt_type)
+        except ValueError as exc:
+            raise PromptError(f"{where}: {exc}") from None
+        specs.append(ObjectSpec(label, name, axis, index, prompt, color,  # type: ignore[arg-type]
+                                code=code, rt_type=str(rt_type or "")))
     if len({s.label for s in specs}) != len(specs):
         raise PromptError(f"{path}: two objects share a label")
     return specs
