@@ -214,6 +214,62 @@ def test_6_apply_all_writes_both_segments_as_one_undo_step(h):
     assert np.array_equal(segment_array(h.seg, h.spleen, h.image), expected[h.spleen])
 
 
+def tags_of(segmentation, segment_id: str) -> dict[str, str]:
+    import vtk
+
+    segment = segmentation.GetSegmentation().GetSegment(segment_id)
+    out = {}
+    for key in (PROVENANCE_KEYS):
+        value = vtk.reference("")
+        if segment.GetTag(key, value):
+            out[key] = str(value)
+    return out
+
+
+PROVENANCE_KEYS = ("DICOM.SegmentAlgorithmType", "DICOM.SegmentAlgorithmName",
+                   "MedSAM2.Checkpoint", "MedSAM2.CheckpointSha256", "MedSAM2.Precision",
+                   "MedSAM2.ServerVersion", "MedSAM2.Prompts")
+
+
+def test_6c_applied_segments_carry_ai_provenance_through_save_and_reload(h, tmp_path):
+    info = h.ctl.session.server_info
+    for seg_id in (h.liver, h.spleen):
+        tags = tags_of(h.seg, seg_id)
+        assert tags["DICOM.SegmentAlgorithmType"] == "SEMIAUTOMATIC"
+        assert tags["DICOM.SegmentAlgorithmName"] == "MedSAM2"
+        assert tags["MedSAM2.Checkpoint"] == info.model and info.model
+        assert tags["MedSAM2.CheckpointSha256"] == info.checkpoint_sha256
+        assert len(info.checkpoint_sha256) == 64
+        assert tags["MedSAM2.Precision"] in ("fp32", "bf16")
+        assert tags["MedSAM2.ServerVersion"] == info.version
+        assert tags["MedSAM2.Prompts"] == str(h.ctl.state.get(seg_id).prompts)
+    assert tags_of(h.seg, h.liver)["MedSAM2.Prompts"] == "2"  # two boxes (slices 14, 18)
+    untouched = h.app.add_segment(h.seg, "kidney", (0.2, 0.8, 0.2))
+    assert tags_of(h.seg, untouched) == {}
+    # a hand edit (as Paint does, through the editor logic) keeps the tags
+    before = tags_of(h.seg, h.liver)
+    stroke = np.zeros(h.image.GetDimensions()[::-1], bool)
+    stroke[14, 5:8, 5:8] = True
+    from MedSAMSegmentLib.labelmaps import to_oriented_image
+
+    h.logic.ModifySegmentByLabelmap(h.seg, h.liver, to_oriented_image(stroke, h.image),
+                                    h.logic.ModificationModeAdd, True, False)
+    assert tags_of(h.seg, h.liver) == before
+    # kept through a .seg.nrrd save and reload
+    path = tmp_path / "provenance.seg.nrrd"
+    storage = h.app.scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.WriteData(h.seg)
+    loaded = h.app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    assert storage.ReadData(loaded)
+    ids = {loaded.GetSegmentation().GetNthSegment(n).GetName():
+           loaded.GetSegmentation().GetNthSegmentID(n)
+           for n in range(loaded.GetSegmentation().GetNumberOfSegments())}
+    assert tags_of(loaded, ids["liver"]) == before
+    assert tags_of(loaded, ids["kidney"]) == {}
+    h.seg.GetSegmentation().RemoveSegment(untouched)
+
+
 def test_7_a_killed_worker_is_restarted_and_the_session_replayed(h, ref):
     from medsam_server.engine.prompts import Prompt
 
@@ -261,6 +317,20 @@ def test_8b_a_propagation_cancelled_while_queued_keeps_its_prompts_pending(h):
     assert 12 in obj.unpropagated  # the next Propagate still starts from it
     last = read_log(h.log.path)[-1]
     assert (last["event"], last["state"]) == ("propagate", "cancelled")
+
+
+def test_8c_discard_of_a_never_applied_result_adds_no_tags(h):
+    lesion = h.app.add_segment(h.seg, "lesion", (0.9, 0.9, 0.2))
+    h.node.SetSelectedSegmentID(lesion)
+    p0, p1 = h.drag(14, SPLEEN)
+    assert h.ctl.prompt_box(h.red, p0, p1)
+    h.wait()
+    assert h.ctl.state.get(lesion).pending  # the premise: a result that was never applied
+    h.ctl.discard()
+    h.wait()
+    assert h.ctl.state.get(lesion) is None and tags_of(h.seg, lesion) == {}
+    h.seg.GetSegmentation().RemoveSegment(lesion)
+    h.node.SetSelectedSegmentID(h.liver)
 
 
 def test_9_bad_input_is_a_message_and_changes_nothing(h):

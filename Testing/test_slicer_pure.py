@@ -216,3 +216,44 @@ def test_every_setting_reads_back_as_the_text_saved(field, stored, text):
     assert stored_text(stored) == text
     assert loaded == (getattr(Settings(), field) if text is None else text)
     assert isinstance(loaded, str)
+
+
+# ---------------------------------------------------------------- provenance (pure)
+def test_provenance_tags_say_semiautomatic_medsam2_and_what_ran():
+    from medsam_client.protocol import Info
+    from MedSAMSegmentLib.provenance import provenance_tags
+
+    bare = provenance_tags(None, 3)
+    assert bare == {"DICOM.SegmentAlgorithmType": "SEMIAUTOMATIC",
+                    "DICOM.SegmentAlgorithmName": "MedSAM2", "MedSAM2.Prompts": "3"}
+    info = Info("0.1.0", 1, "MedSAM2_latest.pt", "ab" * 32, "cpu", 1, 0, {}, {}, [],
+                precision="bf16")
+    tags = provenance_tags(info, 1)
+    assert tags["MedSAM2.Checkpoint"] == "MedSAM2_latest.pt"
+    assert tags["MedSAM2.CheckpointSha256"] == "ab" * 32
+    assert tags["MedSAM2.Precision"] == "bf16" and tags["MedSAM2.ServerVersion"] == "0.1.0"
+
+
+def test_terminology_codes_and_the_export_note():
+    from MedSAMSegmentLib.provenance import export_note, terminology_codes
+
+    # a new vtkSegment's entry, as slicer-core serialises it
+    tissue = ("Segmentation category and type - 3D Slicer General Anatomy list~"
+              "SCT^85756007^Tissue~SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list"
+              "~^^~^^")
+    assert terminology_codes(tissue) == (("SCT", "85756007", "Tissue"),
+                                         ("SCT", "85756007", "Tissue"))
+    assert export_note(tissue) == ""
+    for missing in ("", "ctx~^^~^^~^^~~^^~^^", "garbage"):
+        assert terminology_codes(missing) is None
+        assert "DICOM export will refuse it" in export_note(missing)
+
+
+def test_a_new_segment_has_the_terminology_the_note_reads():
+    slicer = pytest.importorskip("slicer")
+    from MedSAMSegmentLib.provenance import export_note
+
+    segment = slicer.vtkSegment()
+    assert export_note(segment.GetTerminology()) == ""
+    segment.SetTerminology("")
+    assert export_note(segment.GetTerminology())

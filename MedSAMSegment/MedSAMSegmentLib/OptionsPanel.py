@@ -199,7 +199,8 @@ class OptionsPanel:
                             + (f"prompts on slice(s) {', '.join(map(str, s.prompted))}; "
                                f"{s.pending} slice(s) in the preview" if s.prompted
                                else "draw a box around the structure on any slice")
-                            + (f"<br>{s.backend}" if s.backend else ""))
+                            + (f"<br>{s.backend}" if s.backend else "")
+                            + (f"<br><i>{s.export_note}</i>" if s.export_note else ""))
         self.propagate.enabled = idle and bool(s.prompted)
         self.propagate_all.enabled = idle
         self.cancel.enabled = s.propagating

@@ -38,6 +38,7 @@ class ObjectState:
     prompted: dict[int, str] = field(default_factory=dict)  # slice -> "box"/"points"/"mask"
     unpropagated: set[int] = field(default_factory=set)  # prompted since the last propagation
     first_prompt_at: float | None = None  # for the annotation log's time-to-apply
+    prompts: int = 0  # boxes, point sets and mask prompts given (the provenance tags')
     propagated: bool = False
 
     def __post_init__(self) -> None:
@@ -99,6 +100,7 @@ class AnnotationState:
     # ---- results -------------------------------------------------------------------
     def record_prompt(self, obj: ObjectState, index: int, kind: str) -> None:
         obj.prompted[index] = kind
+        obj.prompts += 1
         if obj.first_prompt_at is None:
             obj.first_prompt_at = time.time()
 

@@ -27,6 +27,7 @@ from .focus import FocusSender
 from .geometry import GeometryError, SliceFrame, box_on_slice, point_on_slice, take_slice
 from .labelmaps import segment_array
 from .preview import Preview
+from .provenance import provenance_tags
 from .server_session import PromptOp, PropagateOp, ServerSession, VolumeUpload
 from .source_volume import VolumeContext, capture, display_window, fingerprint, window_change
 from .tasks import Task, TaskRunner
@@ -84,9 +85,8 @@ class Controller:
     def pump(self) -> int:
         """Apply what the worker sent back, redraw changed previews (main thread, timer).
 
-        While a propagation streams in, previews are redrawn at most every
-        ``REDRAW_INTERVAL_S`` (a redraw copies the object's whole pending result), so a
-        fast GPU server cannot make the GUI stutter; the last slices are drawn at the end.
+        Previews redraw at most every ``REDRAW_INTERVAL_S`` while a propagation streams (a
+        redraw copies the whole pending result): a fast GPU server cannot stutter the GUI.
         """
         n = self.runner.drain()
         if self._forget_if_orphaned():
@@ -305,7 +305,8 @@ class Controller:
         for obj in objs:
             try:
                 voxels = write_result(self.ctx, obj.segment_id, obj.mask, obj.axis, obj.pending,
-                                      self.volume.reference, replace=replace)
+                                      self.volume.reference, replace=replace, tags=provenance_tags(
+                                          self.session.server_info, obj.prompts))
             except WriteError as exc:
                 self.on_message(str(exc), "error")
                 continue
@@ -363,8 +364,7 @@ class Controller:
 
     # ---- session and volume --------------------------------------------------------
     def use_view_window(self, modality: str | None = None) -> None:
-        """Send the volume again as ``modality`` (default: as now) with the CT window the view
-        shows now; the server session is rebuilt by replay, earlier results are kept."""
+        """Re-send the volume (as ``modality``, default as now) in the view's CT window; replay."""
         if modality is not None:
             self.settings.modality = modality
         if self.volume is None:

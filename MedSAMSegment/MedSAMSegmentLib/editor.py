@@ -18,6 +18,7 @@ import slicer
 
 from .geometry import slice_region
 from .labelmaps import bounding_box, to_oriented_image
+from .provenance import tag_segment
 
 ADD, REMOVE = "add", "remove"
 
@@ -93,13 +94,14 @@ class WriteError(ValueError):
 
 def write_result(ctx: EditorContext, segment_id: str, mask: np.ndarray, axis: str,
                  slices: set[int], reference: slicer.vtkOrientedImageData, *,
-                 replace: bool) -> int:
+                 replace: bool, tags: dict[str, str] | None = None) -> int:
     """Write ``mask`` on ``slices`` into the segment; returns the voxels added.
 
     ``replace``: within those slices, the segment becomes the result (inside the
     editable area; elsewhere the segment keeps what it had); other slices are not
     touched. Otherwise the result is added to the segment. The caller saves the undo
-    state once before writing one or more segments.
+    state once before writing one or more segments. ``tags`` (provenance.py) go on the
+    segment once it is written.
     """
     segmentation = ctx.segmentation_node()
     if segmentation is None or segmentation.GetSegmentation().GetSegment(segment_id) is None:
@@ -124,4 +126,6 @@ def write_result(ctx: EditorContext, segment_id: str, mask: np.ndarray, axis: st
     finally:
         if previous and previous != segment_id:
             ctx.select_segment(previous)
+    if tags:
+        tag_segment(segmentation.GetSegmentation().GetSegment(segment_id), tags)
     return int(np.count_nonzero(result))

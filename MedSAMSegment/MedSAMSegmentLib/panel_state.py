@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .annotation import axis_name
+from .provenance import export_note
 
 
 @dataclass
@@ -20,6 +21,7 @@ class PanelState:
     model_window: str = ""
     backend: str = ""
     slices: int = 0  # along the object's axis (for the range spin boxes)
+    export_note: str = ""  # what DICOM export of the segment will need (provenance.py)
 
 
 def panel_state(controller: object | None, backend: str = "") -> PanelState:
@@ -33,6 +35,8 @@ def panel_state(controller: object | None, backend: str = "") -> PanelState:
     segment = seg_node.GetSegmentation().GetSegment(segment_id) \
         if seg_node is not None and segment_id else None
     s.segment = segment.GetName() if segment is not None else ""
+    # vtkSegment::GetTerminology (Slicer >= 5.10): the serialized terminology entry
+    s.export_note = export_note(segment.GetTerminology()) if segment is not None else ""
     s.propagating = controller.propagating
     s.progress = controller.progress
     s.busy = controller.busy

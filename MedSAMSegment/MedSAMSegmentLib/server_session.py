@@ -85,6 +85,7 @@ class ServerSession:
         self.handle: SessionHandle | None = None
         self.uploads = 0
         self.last_replay: ReplayReport | None = None
+        self.server_info: P.Info | None = None  # of the server holding the session (provenance)
         self._served_by: tuple[int, int] | None = None  # (id of backend, its generation)
         self._resend_reason: str | None = None
 
@@ -203,6 +204,7 @@ class ServerSession:
             self.handle = client.upload(v.array, spacing=v.spacing, modality=v.modality,
                                         window=v.window, name=v.name)
             self._served_by = served_by
+            self.server_info = client.info()
             self.uploads += 1
             if lost:
                 self.last_replay = self._replay(client, self.handle)
