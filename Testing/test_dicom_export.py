@@ -264,3 +264,22 @@ def test_bad_dicom_export_input_exits_2_and_writes_nothing(case, says, tmp_path)
     assert rc == 2 and len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), err
     assert says in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_reads_a_dicom_seg_as_pred_or_ref(seg_file, series, labels, tmp_path):
+    """Segment N of the SEG is label N: renumber our labels 1..6 in the export's order."""
+    renumbered = np.zeros_like(labels)
+    for n, label in enumerate(STRUCTURES, start=1):
+        renumbered[labels == label] = n
+    nifti = tmp_path / "ref.nii.gz"
+    write_mask(nifti, renumbered, series.volume)
+    for pred, ref in ((seg_file, nifti), (nifti, seg_file)):
+        csv = tmp_path / "m.csv"
+        rc, out, err = cli("evaluate", pred, ref, "--csv", csv)
+        assert rc == 0, err
+        rows = csv.read_text().splitlines()[1:]
+        assert len(rows) == len(STRUCTURES)
+        assert all(float(r.split(",")[2]) == 1.0 and float(r.split(",")[3]) == 1.0
+                   for r in rows), rows
+    rc, _, err = cli("evaluate", seg_file, seg_file)
+    assert rc == 2 and "both DICOM SEG" in err

@@ -28,7 +28,7 @@ from ..io.volumes import Volume, read_volume
 DEFAULT_TOLERANCE_MM = 2.0
 METRICS_COLUMNS = ("case", "label", "dsc", "nsd")
 # Longest first, so "a.seg.nrrd" is case "a", not "a.seg".
-IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
 # Grid comparison: NIfTI keeps geometry in float32, so equal grids differ by ~1e-6.
 _SPACING_RTOL = 1e-5
 _ORIGIN_ATOL_MM = 1e-3
@@ -224,9 +224,25 @@ def evaluate_cases(cases: list[tuple[str, Path, Path]], labels: Sequence[int] | 
                    tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> list[LabelMetrics]:
     rows: list[LabelMetrics] = []
     for case, pred_path, ref_path in cases:
-        rows += volume_metrics(case, read_volume(pred_path), read_volume(ref_path), labels,
-                               tolerance_mm)
+        prediction, reference = read_pair(pred_path, ref_path)
+        rows += volume_metrics(case, prediction, reference, labels, tolerance_mm)
     return rows
+
+
+def read_pair(pred_path: Path, ref_path: Path) -> tuple[Volume, Volume]:
+    """Both label volumes; a DICOM SEG (``.dcm``) on one side is read onto the other side's
+    grid (a SEG holds only the frames it segments, so it has no grid of its own)."""
+    from ..io.dicom_seg import read_seg
+
+    pred_seg, ref_seg = (str(p).lower().endswith(".dcm") for p in (pred_path, ref_path))
+    if pred_seg and ref_seg:
+        raise EvaluationError(f"{pred_path} and {ref_path} are both DICOM SEG: one side must "
+                              "be a label volume on the CT's grid")
+    if pred_seg:
+        reference = read_volume(ref_path)
+        return read_seg(pred_path, reference), reference
+    prediction = read_volume(pred_path)
+    return prediction, (read_seg(ref_path, prediction) if ref_seg else read_volume(ref_path))
 
 
 def check_tolerance(tolerance_mm: float) -> float:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .dicom_series import SourceSeries
 from .structure_codes import StructureCode
-from .volumes import VolumeError
+from .volumes import Volume, VolumeError
 
 MAX_LO = 64  # DICOM Long String: Segment Label, ROI Name
 ALGORITHM_NAME = "MedSAM2"
@@ -101,3 +101,38 @@ def write_seg(path: str | os.PathLike, labels: np.ndarray, source: SourceSeries,
     finally:
         tmp.unlink(missing_ok=True)
     return notes
+
+
+def read_seg(path: str | os.PathLike, like: Volume) -> Volume:
+    """A DICOM SEG as a label volume on ``like``'s grid (e.g. the CT's, or a reference's).
+
+    Segment number N becomes label N (DICOM numbers segments 1, 2, ...; where segments
+    overlap, the higher number wins). The SEG's frames are placed by their own geometry
+    (highdicom) and resampled onto ``like`` by nearest neighbour.
+    """
+    import highdicom as hd
+    import SimpleITK as sitk
+
+    p = Path(path)
+    try:
+        seg = hd.seg.segread(p)
+    except Exception as exc:  # noqa: BLE001 - pydicom/highdicom raise many kinds for bad files
+        raise VolumeError(f"{p}: not a readable DICOM SEG ({exc})") from None
+    labels = np.zeros(like.array.shape, dtype=np.uint8)
+    for number in seg.segment_numbers:
+        vol = seg.get_volume(segment_numbers=[number], combine_segments=True)
+        if number > 255:
+            raise VolumeError(f"{p}: segment {number} does not fit a uint8 label volume")
+        affine = np.asarray(vol.affine, dtype=float)
+        # highdicom's array axes are (slice, row, column); SimpleITK's index is (i, j, k) =
+        # (column, row, slice), so its axis vectors are the affine's columns 2, 1, 0
+        axes = affine[:3, [2, 1, 0]]
+        spacing = np.linalg.norm(axes, axis=0)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(vol.array > 0).astype(np.uint8))
+        image.SetSpacing(tuple(float(s) for s in spacing))
+        image.SetOrigin(tuple(float(v) for v in affine[:3, 3]))
+        image.SetDirection(tuple(float(v) for v in (axes / spacing).ravel()))
+        on_grid = sitk.Resample(image, like.image_like(labels), sitk.Transform(),
+                                sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        labels[sitk.GetArrayViewFromImage(on_grid) > 0] = number
+    return Volume(labels, like.spacing, like.origin, like.direction, str(p))
