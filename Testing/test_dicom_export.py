@@ -266,7 +266,8 @@ def test_bad_dicom_export_input_exits_2_and_writes_nothing(case, says, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_evaluate_reads_a_dicom_seg_as_pred_or_ref(seg_file, series, labels, tmp_path):
+def test_evaluate_reads_a_dicom_seg_as_pred_or_ref(seg_file, rt_file, series, labels,
+                                                   tmp_path):
     """Segment N of the SEG is label N: renumber our labels 1..6 in the export's order."""
     renumbered = np.zeros_like(labels)
     for n, label in enumerate(STRUCTURES, start=1):
@@ -283,3 +284,5 @@ def test_evaluate_reads_a_dicom_seg_as_pred_or_ref(seg_file, series, labels, tmp
                    for r in rows), rows
     rc, _, err = cli("evaluate", seg_file, seg_file)
     assert rc == 2 and "both DICOM SEG" in err
+    rc, _, err = cli("evaluate", rt_file, nifti)  # an RTSTRUCT is not a SEG
+    assert rc == 2 and "not a readable DICOM SEG" in err, err

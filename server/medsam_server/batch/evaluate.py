@@ -7,7 +7,9 @@ papers. Per label, as MedSAM's ``compute_metrics``: both masks empty -> DSC = NS
 reference empty and prediction not -> 0 and 0.
 
 Label volumes are read with ``io.volumes.read_volume`` (NIfTI, NRRD, ``.seg.nrrd``
-labelmaps, MHA); a prediction and its reference must share one grid: nothing is resampled.
+labelmaps, MHA); a prediction and its reference must share one grid: nothing is resampled,
+except a DICOM SEG (``.dcm``, read through highdicom), which has no grid of its own and is
+placed on the other side's grid.
 """
 
 from __future__ import annotations
