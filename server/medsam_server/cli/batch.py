@@ -40,7 +40,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate", help="Dice and normalised surface Dice of predictions against references",
         description="DSC and NSD per case and label (MedSAM's conventions, DeepMind's "
                     "surface-distance). PRED and REF: two label volumes or two folders "
-                    "matched by case name (file name less .nii.gz, .seg.nrrd, ...).")
+                    "matched by case name (file name less .nii.gz, .seg.nrrd, ...). A DICOM "
+                    "SEG (.dcm) on one side is read onto the other side's grid, segment N "
+                    "as label N.")
     p.add_argument("pred", metavar="PRED", help="predicted label volume or folder")
     p.add_argument("ref", metavar="REF", help="reference label volume or folder")
     p.add_argument("--labels", type=int, nargs="+", metavar="L",
