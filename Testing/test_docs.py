@@ -92,7 +92,16 @@ def test_runnable_blocks_run(tmp_path):
                 assert out.returncode == 0, f"{path.name}: `{command}` failed:\n{out.stderr}"
                 assert (out.stdout + out.stderr).strip(), f"{path.name}: `{command}` said nothing"
                 ran.append(command)
-    assert len(ran) >= 3, f"only {ran} marked runnable"
+    assert len(ran) >= 5, f"only {ran} marked runnable"
+
+
+def test_every_make_command_names_a_target():
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
+    named = [(path.name, word) for path in DOCS for block in FENCE.findall(path.read_text())
+             for word in re.findall(r"^\s*make ([a-z][\w-]*)", block, re.M)]
+    assert len(named) >= 4, f"the extraction found only {named}"
+    wrong = [f"{name}: make {word}" for name, word in named if word not in targets]
+    assert not wrong, f"no such Makefile target: {wrong}"
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
