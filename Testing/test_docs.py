@@ -26,6 +26,9 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
 RUNNABLE = re.compile(r"^<!-- runnable -->\n```[^\n]*\n(.*?)^```", re.M | re.S)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 BIN = Path(sys.executable).parent
+REPO_PATH = re.compile(r"(?<![\w/.-])((?:bench|scripts|Testing|examples|server|client"
+                       r"|MedSAMSegment|Resources|\.ci)/[\w./-]*[\w/])")
+BENCH = re.compile(r"(bench/\w+\.py)((?: --[a-z][a-z0-9-]*(?: [^\s`-][^\s`]*)?)*)")
 
 
 def slug(heading: str) -> str:
@@ -102,6 +105,24 @@ def test_every_make_command_names_a_target():
     assert len(named) >= 4, f"the extraction found only {named}"
     wrong = [f"{name}: make {word}" for name, word in named if word not in targets]
     assert not wrong, f"no such Makefile target: {wrong}"
+
+
+def test_every_repository_path_named_exists():
+    # paths in code spans are no links, so the link check does not see them
+    named = [(path.name, m) for path in DOCS for m in REPO_PATH.findall(path.read_text())]
+    assert len(named) >= 30, f"the extraction found only {named}"
+    missing = sorted({f"{name}: {m}" for name, m in named if not (ROOT / m).exists()})
+    assert not missing, f"no such file or folder: {missing}"
+
+
+def test_every_bench_command_names_real_options():
+    named = [(path.name, script, opts) for path in DOCS
+             for script, opts in BENCH.findall(path.read_text())]
+    assert len(named) >= 8, f"the extraction found only {named}"
+    wrong = [f"{name}: {script} has no {option}" for name, script, opts in named
+             for option in re.findall(r"--[a-z][a-z0-9-]*", opts)
+             if f'"{option}"' not in (ROOT / script).read_text()]
+    assert not wrong, "\n".join(wrong)
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
