@@ -7,6 +7,7 @@ command line."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -286,3 +287,42 @@ def test_evaluate_reads_a_dicom_seg_as_pred_or_ref(seg_file, rt_file, series, la
     assert rc == 2 and "both DICOM SEG" in err
     rc, _, err = cli("evaluate", rt_file, nifti)  # an RTSTRUCT is not a SEG
     assert rc == 2 and "not a readable DICOM SEG" in err, err
+
+
+def test_batch_writes_dicom_seg_named_from_a_label_table(series, labels, random_checkpoint,
+                                                         tmp_path):
+    """batch --format dicom-seg on the series, boxes from its reference, names from
+    TotalSegmentator's labels_total.tsv; a NIfTI image case is recorded as failed."""
+    reference = tmp_path / "ref.nii.gz"
+    two = np.where(np.isin(labels, (1, 5)), labels, 0).astype(np.uint8)
+    write_mask(reference, two, series.volume)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("case,image,reference\n"
+                        f"ct,{series.folder},{reference}\n"
+                        f"nifti,{shared('totalseg_ct_abdomen_3mm/example_ct_sm.nii.gz')},"
+                        f"{shared('totalseg_ct_abdomen_3mm/example_seg.nii.gz')}\n")
+    out = tmp_path / "out"
+    args = ("batch", manifest, "-o", out, "--checkpoint", random_checkpoint,
+            "--boxes-from-reference", "--label-table",
+            shared("totalseg_ct_dicom_2mm/labels_total.tsv"), "--format", "dicom-seg",
+            "--device", "cpu", "--quiet")
+    rc, _, err = cli(*args)
+    assert rc == 1, err  # one case failed, recorded
+    with open(out / "results.csv") as f:
+        results = {r["case"]: r for r in csv.DictReader(f)}
+    assert results["ct"]["status"] == "ok"
+    assert results["nifti"]["status"] == "failed"
+    assert "must reference the images" in results["nifti"]["message"]
+    import highdicom as hd
+
+    seg = hd.seg.segread(out / "ct.seg.dcm")
+    kept = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0].CodeValue
+            for s in seg.SegmentSequence}
+    assert set(kept) <= {"spleen", "liver"} and kept  # empty objects are left out
+    assert all(code in ("78961009", "10200004") for code in kept.values())
+    metrics = (out / "metrics.csv").read_text()
+    assert "ct," in metrics
+    # a re-run skips the finished case and keeps its metrics
+    rc2, _, _ = cli(*args)
+    assert rc2 == 1  # the failed case is tried again and fails again
+    assert (out / "metrics.csv").read_text().count("ct,") == metrics.count("ct,")

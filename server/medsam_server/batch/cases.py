@@ -28,13 +28,15 @@ from ..engine import (
     check_slice_prompt,
     window_to_uint8,
 )
+from ..io.dicom_series import NOT_A_SERIES
 from ..io.prompts_file import load_prompts_file
-from ..io.volumes import Volume, read_volume
+from ..io.volumes import Volume, VolumeError, read_volume
 from .evaluate import check_same_grid, label_array
 
 # A case name is also a file name.
 _SAFE_CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-FORMATS = ("seg.nrrd", "nii.gz")
+FORMATS = ("seg.nrrd", "nii.gz", "dicom-seg", "rtstruct")
+DICOM_FORMATS = {"dicom-seg": "seg.dcm", "rtstruct": "rtstruct.dcm"}  # format -> file suffix
 SETTINGS_FILE = "batch.json"
 
 
@@ -73,11 +75,14 @@ class BatchSettings:
     tolerance_mm: float = 2.0
     # as asked (auto/fp32/bf16): fp32 and bf16 masks differ on a few edge voxels
     precision: str = "auto"
+    # --label-table: reference label -> structure name (names the objects of reference boxes)
+    label_names: tuple[tuple[int, str], ...] | None = None
 
     def as_json(self) -> dict:
         data = asdict(self)
-        for key in ("window", "labels"):
-            data[key] = None if data[key] is None else list(data[key])
+        for key in ("window", "labels", "label_names"):
+            data[key] = None if data[key] is None else [
+                list(v) if isinstance(v, tuple) else v for v in data[key]]
         return data
 
 
@@ -167,7 +172,8 @@ def read_manifest(path: str | Path, *, boxes_from_reference: bool) -> list[Case]
 
 
 def reference_boxes(reference: np.ndarray, axis: str, labels: Sequence[int] | None,
-                    jitter: int, seed: int, case: str) -> list[ObjectSpec]:
+                    jitter: int, seed: int, case: str,
+                    names: dict[int, str] | None = None) -> list[ObjectSpec]:
     """One box per reference label, as MedSAM2's evaluations derive them.
 
     For each label (or those of ``labels`` present): the slice along ``axis`` where it has
@@ -207,7 +213,8 @@ def reference_boxes(reference: np.ndarray, axis: str, labels: Sequence[int] | No
         box = (max(0, c_off + int(cols[0]) - shift), max(0, r_off + int(rows[0]) - shift),
                min(n_cols - 1, c_off + int(cols[-1]) + shift),
                min(n_rows - 1, r_off + int(rows[-1]) + shift))
-        specs.append(ObjectSpec(int(label), f"label_{label}", axis, index,
+        name = (names or {}).get(int(label), f"label_{label}")
+        specs.append(ObjectSpec(int(label), name, axis, index,
                                 Prompt(box=tuple(float(v) for v in box)),
                                 DEFAULT_COLORS[n % len(DEFAULT_COLORS)]))
     return specs
@@ -219,6 +226,8 @@ def reference_boxes(reference: np.ndarray, axis: str, labels: Sequence[int] | No
 def prepare_case(case: Case, settings: BatchSettings
                  ) -> tuple[Volume, Volume | None, PreparedCase]:
     """Read and check a case, derive its objects, preprocess its volume (driver side)."""
+    if settings.format in DICOM_FORMATS and not Path(case.image).is_dir():
+        raise VolumeError(f"{case.image}: {NOT_A_SERIES}")
     image = read_volume(case.image)
     reference = None
     if case.reference is not None:
@@ -227,7 +236,8 @@ def prepare_case(case: Case, settings: BatchSettings
     if settings.boxes_from_reference:
         assert reference is not None
         specs = reference_boxes(label_array(reference, "reference"), settings.axis,
-                                settings.labels, settings.box_jitter, settings.seed, case.name)
+                                settings.labels, settings.box_jitter, settings.seed, case.name,
+                                dict(settings.label_names or ()))
     else:
         assert case.prompts is not None
         specs = load_prompts_file(case.prompts)
@@ -257,4 +267,27 @@ def segment_case(engine: object, prepared: PreparedCase, settings: BatchSettings
 
 
 def output_path(out_dir: Path, case: str, fmt: str) -> Path:
-    return out_dir / f"{case}.{fmt}"
+    return out_dir / f"{case}.{DICOM_FORMATS.get(fmt, fmt)}"
+
+
+def read_label_table(path: str | Path) -> tuple[tuple[int, str], ...]:
+    """``label<TAB>name`` rows under a header (TotalSegmentator's ``labels_total.tsv``)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise BatchError(f"--label-table {path}: {exc}") from None
+    names: dict[int, str] = {}
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        try:
+            label, name = int(parts[0]), parts[1].strip()
+        except (IndexError, ValueError):
+            raise BatchError(f"--label-table {path}: line {n} is not 'label<TAB>name'") from None
+        if not name or label in names:
+            raise BatchError(f"--label-table {path}: line {n}: empty or repeated label {label}")
+        names[label] = name
+    if not names:
+        raise BatchError(f"--label-table {path}: no rows under the header")
+    return tuple(sorted(names.items()))

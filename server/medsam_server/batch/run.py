@@ -27,6 +27,7 @@ from ..engine import AXES
 from ..io.prompts_file import load_prompts_file
 from ..io.volumes import Volume, read_volume, write_mask
 from .cases import (
+    DICOM_FORMATS,
     SETTINGS_FILE,
     BatchError,
     BatchSettings,
@@ -126,8 +127,8 @@ class BatchLedger:
             out = output_path(self.out_dir, case.name, self.settings.format)
             reference = read_volume(case.reference)  # type: ignore[arg-type]
             labels = self._labels(case, reference)
-            return volume_metrics(case.name, read_volume(out), reference, labels,
-                                  self.settings.tolerance_mm)
+            return volume_metrics(case.name, read_output(out, self.settings.format, reference),
+                                  reference, labels, self.settings.tolerance_mm)
         except ValueError as exc:  # user errors; recorded, the batch goes on
             self.rows[case.name].message = f"metrics: {exc}"
             return []
@@ -149,10 +150,14 @@ class BatchLedger:
             self.metrics[case.name] = volume_metrics(
                 case.name, result, reference, [s.label for s in prepared.specs],
                 self.settings.tolerance_mm)
-        write_mask(out, outcome.labels, image,
-                   segments=[(s.label, s.name, s.color) for s in prepared.specs])
-        note = (f"{outcome.overlap} voxels were claimed by two objects; the first listed "
-                "kept them") if outcome.overlap else ""
+        notes = [f"{outcome.overlap} voxels were claimed by two objects; the first listed "
+                 "kept them"] if outcome.overlap else []
+        if self.settings.format in DICOM_FORMATS:
+            notes += write_dicom_output(out, self.settings, case, image, prepared, outcome)
+        else:
+            write_mask(out, outcome.labels, image,
+                       segments=[(s.label, s.name, s.color) for s in prepared.specs])
+        note = "; ".join(notes)
         self.rows[case.name] = _Row(case.name, "ok", f"{seconds:.2f}",
                                     str(outcome.slices_encoded), note)
         self.done += 1
@@ -314,3 +319,30 @@ def report(ledger: BatchLedger, skipped: int, finished: bool) -> int:
     if not finished:
         return 130
     return 1 if ledger.failed else 0
+
+
+def write_dicom_output(out: Path, settings: BatchSettings, case: Case, image: Volume,
+                       prepared: PreparedCase, outcome: CaseOutcome) -> list[str]:
+    """A case's DICOM SEG or RTSTRUCT, referencing its series; the notes for results.csv."""
+    from .. import __version__
+    from ..io.dicom_seg import export_objects, write_seg
+    from ..io.dicom_series import source_series
+    from ..io.rtstruct import write_rtstruct
+
+    objects, notes = export_objects(prepared.specs)
+    writer = write_seg if settings.format == "dicom-seg" else write_rtstruct
+    checkpoint = f"sha256 {settings.checkpoint_sha256[:16]}"
+    return notes + writer(out, outcome.labels, source_series(case.image, image), objects,
+                          version=__version__, checkpoint=checkpoint)
+
+
+def read_output(out: Path, fmt: str, reference: Volume) -> Volume:
+    """An earlier run's output as labels on the reference's grid (to score it again)."""
+    if fmt == "rtstruct":
+        raise ValueError(f"{out}: an RTSTRUCT's metrics are taken from metrics.csv; it has "
+                         "none for this case (delete the output to run it again)")
+    if fmt == "dicom-seg":
+        from ..io.dicom_seg import read_seg
+
+        return read_seg(out, reference)
+    return read_volume(out)

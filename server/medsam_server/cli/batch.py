@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..batch.cases import FORMATS, BatchError, BatchSettings, read_manifest
+from ..batch.cases import FORMATS, BatchError, BatchSettings, read_label_table, read_manifest
 from ..batch.evaluate import (
     DEFAULT_TOLERANCE_MM,
     EvaluationError,
@@ -71,13 +71,17 @@ def _batch_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of --box-jitter")
     g.add_argument("--labels", type=int, nargs="+", metavar="L",
                    help="only these reference labels get a box")
+    g.add_argument("--label-table", metavar="TSV",
+                   help="names of the reference labels: 'label<TAB>name' rows under a header "
+                        "(TotalSegmentator's labels_total.tsv); default label_<N>")
     g = p.add_argument_group("segmentation (as for segment, applied to every case)")
     add_segmentation_options(
         g, axis_help="slice axis of the reference boxes (prompts files name their own)",
         threads_help="CPU threads for torch (per Ray worker too)")
     g = p.add_argument_group("outputs")
     g.add_argument("--format", choices=FORMATS, default="seg.nrrd",
-                   help="OUTDIR/<case>.seg.nrrd (default) or .nii.gz")
+                   help="OUTDIR/<case>.seg.nrrd (default), .nii.gz, or for DICOM series "
+                        "<case>.seg.dcm (dicom-seg) / <case>.rtstruct.dcm (rtstruct)")
     g.add_argument("--tolerance-mm", type=float, default=DEFAULT_TOLERANCE_MM, metavar="T",
                    help="NSD tolerance for metrics.csv")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -139,7 +143,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         recipe=args.recipe, lcc=not args.no_lcc, stop_after_empty=args.stop_after_empty,
         boxes_from_reference=args.boxes_from_reference, box_jitter=args.box_jitter,
         seed=args.seed, labels=tuple(sorted(set(args.labels))) if args.labels else None,
-        tolerance_mm=tolerance, precision=args.precision)
+        tolerance_mm=tolerance, precision=args.precision,
+        label_names=read_label_table(args.label_table) if args.label_table else None)
     ledger = BatchLedger(Path(args.output), cases, settings)
     todo = ledger.plan()
     skipped = len(cases) - len(todo)
@@ -179,8 +184,8 @@ def _check_batch_options(args: argparse.Namespace) -> float:
     if args.threads is not None and args.threads < 1:
         raise BatchError("--threads must be >= 1")
     if not args.boxes_from_reference:
-        given = [f for f, v in (("--box-jitter", args.box_jitter), ("--labels", args.labels))
-                 if v]
+        given = [f for f, v in (("--box-jitter", args.box_jitter), ("--labels", args.labels),
+                                ("--label-table", args.label_table)) if v]
         if given:
             raise BatchError(f"{' and '.join(given)} need --boxes-from-reference")
     if args.box_jitter < 0:

@@ -34,26 +34,10 @@ def dicom_format(args: argparse.Namespace) -> str | None:
     return str(args.format)
 
 
-def export_objects(specs: list[ObjectSpec]) -> tuple[list, list[str]]:
-    """ExportObjects with their codes, and a note for each name without a known code."""
-    from ..io.dicom_seg import ExportObject, check_names
-    from ..io.structure_codes import code_for, rt_type_for
-
-    objects, notes = [], []
-    for s in specs:
-        code = code_for(s.name, s.code)
-        if not code.known:
-            notes.append(f"{s.name}: no code known for this name; exported as generic Tissue "
-                         "(give \"code\" in the prompts file, e.g. from Slicer's terminology)")
-        objects.append(ExportObject(s.label, s.name, s.color, code, rt_type_for(s.rt_type)))
-    check_names(objects)
-    return objects, notes
-
-
 def write_dicom(fmt: str, out: Path, labels: np.ndarray, source: SourceSeries,
                 specs: list[ObjectSpec], checkpoint: str, *, quiet: bool) -> None:
     from .. import __version__
-    from ..io.dicom_seg import write_seg
+    from ..io.dicom_seg import export_objects, write_seg
     from ..io.rtstruct import write_rtstruct
 
     objects, notes = export_objects(specs)

@@ -161,9 +161,10 @@ def _objects_from_args(args: argparse.Namespace) -> list[ObjectSpec]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from ..io.dicom_seg import export_objects
     from ..io.dicom_series import source_series
     from ..io.volumes import check_output_path, read_volume, write_mask
-    from .dicom_export import dicom_format, export_objects, write_dicom
+    from .dicom_export import dicom_format, write_dicom
 
     # every cheap check first: a typo costs no model load and no upload
     specs = _objects_from_args(args)

@@ -36,6 +36,22 @@ class ExportObject:
     rt_type: str = "ORGAN"
 
 
+def export_objects(specs: list) -> tuple[list[ExportObject], list[str]]:
+    """ExportObjects of ``ObjectSpec``s with their codes (``structure_codes``), and a note for
+    each name without a known code; names DICOM cannot carry are refused."""
+    from .structure_codes import code_for, rt_type_for
+
+    objects, notes = [], []
+    for s in specs:
+        code = code_for(s.name, s.code)
+        if not code.known:
+            notes.append(f"{s.name}: no code known for this name; exported as generic Tissue "
+                         "(give \"code\" in the prompts file, e.g. from Slicer's terminology)")
+        objects.append(ExportObject(s.label, s.name, s.color, code, rt_type_for(s.rt_type)))
+    check_names(objects)
+    return objects, notes
+
+
 def check_names(objects: list[ExportObject]) -> None:
     """Names DICOM can carry (Long String: at most 64 characters, no backslash)."""
     for obj in objects:
