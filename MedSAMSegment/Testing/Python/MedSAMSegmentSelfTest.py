@@ -4,7 +4,8 @@ Runs inside Slicer (CTest: slicer_add_python_unittest; or the module's "Reload a
 Test"). It uses the worker configured in the MedSAMSegment module; when none is set
 up but medsam-server is installed in the worker's Python, it makes a random-weight
 checkpoint of the exact architecture (the masks are then meaningless, the mechanics
-are not). Mouse events go through the effect's own processInteractionEvents.
+are not). The drag is sent to the Red view's interactor (slicer.util.clickAndDrag), so it
+reaches the effect the way a user's does: through qMRMLSegmentEditorWidget's observers.
 """
 
 import os
@@ -15,7 +16,6 @@ import unittest
 
 import numpy as np
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
 
@@ -74,11 +74,6 @@ class MedSAMSegmentSelfTest(ScriptedLoadableModuleTest):
         slicer.app.processEvents()
         self.assertFalse(controller.busy, "MedSAM2 did not finish in time")
 
-    def mouse(self, effect: object, sliceWidget: object, event: int, xy: tuple) -> None:
-        interactor = sliceWidget.sliceView().interactor()
-        interactor.SetEventPosition(int(xy[0]), int(xy[1]))
-        effect.processInteractionEvents(interactor, event, sliceWidget)
-
     # ---- the test ------------------------------------------------------------------
     def test_box_propagate_apply_undo(self) -> None:
         import SampleData
@@ -89,6 +84,13 @@ class MedSAMSegmentSelfTest(ScriptedLoadableModuleTest):
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
         segmentId = segmentation.GetSegmentation().AddEmptySegment("heart")
+
+        # the layout first: activating the effect observes the views the layout has then
+        # (qMRMLSegmentEditorWidget::setActiveEffect -> setupViewObservations)
+        layout = slicer.app.layoutManager()
+        layout.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
+        red = layout.sliceWidget("Red")
+        slicer.app.processEvents()
 
         editor = slicer.qMRMLSegmentEditorWidget()
         editor.setMRMLScene(slicer.mrmlScene)
@@ -101,21 +103,21 @@ class MedSAMSegmentSelfTest(ScriptedLoadableModuleTest):
         effect = editor.activeEffect().self()
         controller = effect.ensureController()
 
-        layout = slicer.app.layoutManager()
-        layout.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
-        red = layout.sliceWidget("Red")
-        slicer.app.processEvents()
-        # event positions are in the view's device pixels, as the slice node's dimensions
+        # a real drag: interactor events reach the effect through the editor's observers
         w, h = red.sliceLogic().GetSliceNode().GetDimensions()[:2]
-        p0, p1 = (w * 0.4, h * 0.4), (w * 0.6, h * 0.6)
-        self.mouse(effect, red, vtk.vtkCommand.LeftButtonPressEvent, p0)
-        self.mouse(effect, red, vtk.vtkCommand.MouseMoveEvent, p1)
-        self.mouse(effect, red, vtk.vtkCommand.LeftButtonReleaseEvent, p1)
+        slicer.util.clickAndDrag(red, start=(int(w * 0.4), int(h * 0.4)),
+                                 end=(int(w * 0.6), int(h * 0.6)), steps=5)
         self.waitIdle(controller)
         obj = controller.state.get(segmentId)
         self.assertIsNotNone(obj, "the box made no MedSAM2 object")
         key = next(iter(obj.prompted))
         self.assertEqual(obj.pending, {key})
+        self.assertTrue(effect.pipelines, "the drag left no box in the Red view")
+
+        effect.onPropagate(False)  # one run cancelled at once: it must end, not hang
+        effect.onCancel()
+        self.waitIdle(controller)
+        self.assertFalse(controller.propagating)
 
         effect.onPropagate(False)
         self.waitIdle(controller)
@@ -133,4 +135,8 @@ class MedSAMSegmentSelfTest(ScriptedLoadableModuleTest):
         slicer.app.processEvents()
         undone = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
         self.assertEqual(int(np.count_nonzero(undone)), 0, "Undo did not restore the segment")
-        editor.setActiveEffectByName("")
+        editor.setActiveEffectByName("")  # deactivates: no actor, no timer may remain
+        slicer.app.processEvents()
+        self.assertEqual(effect.pipelines, {}, "actors left in the view after deactivate")
+        self.assertFalse(effect.timer.isActive(), "the effect's timer still runs")
+        self.assertFalse(effect.focusTimer.isActive(), "the focus timer still runs")
