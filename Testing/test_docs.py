@@ -148,7 +148,8 @@ def test_readme_is_a_front_door():
     assert not missing, f"old README headings not linked from README.md: {missing}"
     guides = set(re.findall(r"\]\((docs/[\w-]+\.md)", readme))
     on_disk = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
-    assert guides == on_disk, f"README lists {sorted(guides)}, docs/ has {sorted(on_disk)}"
+    assert not on_disk - guides, f"add {sorted(on_disk - guides)} to the README's Guides table"
+    assert not guides - on_disk, f"the README lists {sorted(guides - on_disk)}, not in docs/"
 
 
 def test_slug_matches_githubs_rules():
