@@ -11,6 +11,7 @@ from collections.abc import Callable
 import ctk
 import qt
 
+from .connections import Connections
 from .panel_state import PanelState
 from .source_volume import CT_PRESETS
 
@@ -23,6 +24,8 @@ class OptionsPanel:
     def __init__(self, scriptedEffect: object, actions: dict[str, Callable],
                  modality: str = "auto") -> None:
         self.actions = actions
+        self.connections = Connections()  # undone by close(), from the effect's cleanup
+        link = self.connections.connect
         self.mode = "box"
         effect = scriptedEffect
 
@@ -49,14 +52,14 @@ class OptionsPanel:
             button.setSizePolicy(qt.QSizePolicy.Expanding, qt.QSizePolicy.Fixed)
             self.mode_group.addButton(button)
             modes.addWidget(button)
-            button.connect("clicked()", lambda k=key: self._set_mode(k))
+            link(button, "clicked()", lambda k=key: self._set_mode(k))
             self.mode_buttons[key] = button
         self.mode_buttons["box"].checked = True
         effect.addLabeledOptionsWidget("Prompt:", modes)
         self.from_segment = qt.QPushButton("Use this slice of the segment as the prompt")
         self.from_segment.toolTip = ("After correcting the segment with Paint/Erase on a slice, "
                                      "make that slice the prompt and propagate again")
-        self.from_segment.connect("clicked()", actions["from_segment"])
+        link(self.from_segment, "clicked()", actions["from_segment"])
         effect.addOptionsWidget(self.from_segment)
 
         # propagation
@@ -74,7 +77,7 @@ class OptionsPanel:
         self.last = qt.QSpinBox()
         for spin in (self.first, self.last):
             spin.enabled = False
-        self.whole.connect("toggled(bool)", lambda on: self._range_enabled(not on))
+        link(self.whole, "toggled(bool)", lambda on: self._range_enabled(not on))
         rng.addWidget(self.whole)
         rng.addWidget(qt.QLabel("or slices"))
         rng.addWidget(self.first)
@@ -88,12 +91,12 @@ class OptionsPanel:
         form.addRow("Stop after empty slices:", self.stop_empty)
         buttons = qt.QHBoxLayout()
         self.propagate = qt.QPushButton("Propagate")
-        self.propagate.connect("clicked()", lambda: actions["propagate"](False))
+        link(self.propagate, "clicked()", lambda: actions["propagate"](False))
         self.propagate_all = qt.QPushButton("Propagate all segments")
-        self.propagate_all.connect("clicked()", lambda: actions["propagate"](True))
+        link(self.propagate_all, "clicked()", lambda: actions["propagate"](True))
         self.cancel = qt.QPushButton("Cancel")
         self.cancel.toolTip = "Stop the propagation within a slice; slices done stay in the preview"
-        self.cancel.connect("clicked()", actions["cancel"])
+        link(self.cancel, "clicked()", actions["cancel"])
         for b in (self.propagate, self.propagate_all, self.cancel):
             buttons.addWidget(b)
         form.addRow(buttons)
@@ -108,13 +111,13 @@ class OptionsPanel:
         rform = qt.QVBoxLayout(review)
         self.review = qt.QListWidget()
         self.review.setMaximumHeight(110)
-        self.review.connect("itemDoubleClicked(QListWidgetItem*)", lambda item: self._jump())
+        link(self.review, "itemDoubleClicked(QListWidgetItem*)", lambda item: self._jump())
         rform.addWidget(self.review)
         nav = qt.QHBoxLayout()
         self.prev = qt.QPushButton("Previous")
         self.next = qt.QPushButton("Next")
-        self.prev.connect("clicked()", lambda: self._step(-1))
-        self.next.connect("clicked()", lambda: self._step(1))
+        link(self.prev, "clicked()", lambda: self._step(-1))
+        link(self.next, "clicked()", lambda: self._step(1))
         nav.addWidget(self.prev)
         nav.addWidget(self.next)
         rform.addLayout(nav)
@@ -130,20 +133,20 @@ class OptionsPanel:
                             ("CT: the view's window/level", "ct"), ("MR: normalised", "mr")):
             self.modality.addItem(text, value)
         self.modality.setCurrentIndex(max(self.modality.findData(modality), 0))  # saved choice
-        self.modality.connect("currentIndexChanged(int)",
+        link(self.modality, "currentIndexChanged(int)",
                               lambda i: actions["modality"](self.modality.itemData(i)))
         iform.addRow("Model input:", self.modality)
         presets = qt.QHBoxLayout()
         for name, (level, width) in CT_PRESETS.items():
             b = qt.QPushButton(name)
             b.toolTip = f"Show the volume with level {level:g} / width {width:g} HU"
-            b.connect("clicked()", lambda lv=level, w=width: actions["preset"](lv, w))
+            link(b, "clicked()", lambda lv=level, w=width: actions["preset"](lv, w))
             presets.addWidget(b)
         iform.addRow("CT presets:", presets)
         self.model_window = qt.QLabel()
         self.use_window = qt.QPushButton("Use view window")
         self.use_window.toolTip = "Send the volume again with the window the view shows now"
-        self.use_window.connect("clicked()", actions["use_window"])
+        link(self.use_window, "clicked()", actions["use_window"])
         row = qt.QHBoxLayout()
         row.addWidget(self.model_window)
         row.addWidget(self.use_window)
@@ -159,23 +162,27 @@ class OptionsPanel:
         self.opacity.minimum, self.opacity.maximum = 0.0, 1.0
         self.opacity.singleStep = 0.05
         self.opacity.value = 0.6
-        self.opacity.connect("valueChanged(double)", actions["opacity"])
+        link(self.opacity, "valueChanged(double)", actions["opacity"])
         effect.addLabeledOptionsWidget("Preview opacity:", self.opacity)
         finish = qt.QHBoxLayout()
         self.discard = qt.QPushButton("Discard")
         self.discard.toolTip = "Forget this segment's MedSAM2 preview and prompts (the segment stays)"
-        self.discard.connect("clicked()", actions["discard"])
+        link(self.discard, "clicked()", actions["discard"])
         self.apply = qt.QPushButton("Apply")
         self.apply.toolTip = "Write the preview into the segment (Undo restores it; Enter)"
-        self.apply.connect("clicked()", lambda: actions["apply"](False))
+        link(self.apply, "clicked()", lambda: actions["apply"](False))
         self.apply_all = qt.QPushButton("Apply all")
-        self.apply_all.connect("clicked()", lambda: actions["apply"](True))
+        link(self.apply_all, "clicked()", lambda: actions["apply"](True))
         for b in (self.discard, self.apply, self.apply_all):
             finish.addWidget(b)
         effect.addOptionsWidget(finish)
         self.settings = qt.QPushButton("Server and model settings…")
-        self.settings.connect("clicked()", actions["settings"])
+        link(self.settings, "clicked()", actions["settings"])
         effect.addOptionsWidget(self.settings)
+
+    def close(self) -> None:
+        """Disconnect every widget (the effect's cleanup): the lambdas hold the effect."""
+        self.connections.disconnect_all()
 
     # ---- values --------------------------------------------------------------------
     def propagate_options(self) -> dict:

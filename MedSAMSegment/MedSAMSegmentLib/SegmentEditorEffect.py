@@ -145,6 +145,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self.focusTimer is not None:
             self.focusTimer.stop()
             self.focusTimer.disconnect("timeout()", self.onFocusTimer)
+        if self.panel is not None:  # as AbstractScriptedSegmentEditorEffect.cleanup asks
+            self.panel.close()
         if self.controller is not None:
             self.controller.close()
             self.controller = None

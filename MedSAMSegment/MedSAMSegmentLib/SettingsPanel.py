@@ -13,6 +13,7 @@ import qt
 import slicer
 
 from MedSAMSegmentLib import SlicerRuntime
+from MedSAMSegmentLib.connections import Connections
 from MedSAMSegmentLib.install import (
     InstallCancelled,
     InstallError,
@@ -32,10 +33,12 @@ RELEASE = "MedSAM2_latest"
 class SettingsPanel:
     def __init__(self, layout: qt.QLayout) -> None:
         self.runner = SlicerRuntime.settings_runner()
+        self.connections = Connections()  # undone by cleanup()
+        link = self.connections.connect
         self.cancel_event = None
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
-        self.timer.connect("timeout()", self.onTimer)
+        link(self.timer, "timeout()", self.onTimer)
         self.timer.start()
         s = SlicerRuntime.settings()
 
@@ -46,7 +49,7 @@ class SettingsPanel:
         self.remote = qt.QRadioButton("Remote server (a team's GPU server)")
         self.local.checked = s.backend != "remote"
         self.remote.checked = s.backend == "remote"
-        self.local.connect("toggled(bool)", self.onBackendChanged)
+        link(self.local, "toggled(bool)", self.onBackendChanged)
         form.addRow(self.local)
         form.addRow(self.remote)
         self.url = qt.QLineEdit(s.server_url)
@@ -54,12 +57,12 @@ class SettingsPanel:
         self.token = qt.QLineEdit(s.token)
         self.token.setEchoMode(qt.QLineEdit.Password)
         self.token.placeholderText = "access token from the server's admin (or $MEDSAM_TOKEN)"
-        self.url.connect("editingFinished()", self.saveRemote)
-        self.token.connect("editingFinished()", self.saveRemote)
+        link(self.url, "editingFinished()", self.saveRemote)
+        link(self.token, "editingFinished()", self.saveRemote)
         form.addRow("Server URL:", self.url)
         form.addRow("Token:", self.token)
         self.testButton = qt.QPushButton("Test connection")
-        self.testButton.connect("clicked()", self.onTestConnection)
+        link(self.testButton, "clicked()", self.onTestConnection)
         form.addRow(self.testButton)
         self.connectionLabel = qt.QLabel()
         self.connectionLabel.wordWrap = True
@@ -78,8 +81,8 @@ class SettingsPanel:
         self.pathTimer = qt.QTimer()
         self.pathTimer.setSingleShot(True)
         self.pathTimer.setInterval(1000)
-        self.pathTimer.connect("timeout()", self.savePaths)
-        self.python.connect("currentPathChanged(QString)", lambda path: self.pathTimer.start())
+        link(self.pathTimer, "timeout()", self.savePaths)
+        link(self.python, "currentPathChanged(QString)", lambda path: self.pathTimer.start())
         wform.addRow("Python:", self.python)
         self.torch = qt.QLineEdit("auto")
         self.torch.toolTip = ("auto: light-the-torch picks the CUDA or CPU build of PyTorch that "
@@ -88,12 +91,12 @@ class SettingsPanel:
         wform.addRow("PyTorch:", self.torch)
         buttons = qt.QHBoxLayout()
         self.installButton = qt.QPushButton("Install / update worker")
-        self.installButton.connect("clicked()", self.onInstall)
+        link(self.installButton, "clicked()", self.onInstall)
         self.checkButton = qt.QPushButton("Check")
-        self.checkButton.connect("clicked()", self.onCheck)
+        link(self.checkButton, "clicked()", self.onCheck)
         self.cancelButton = qt.QPushButton("Cancel")
         self.cancelButton.enabled = False
-        self.cancelButton.connect("clicked()", self.onCancel)
+        link(self.cancelButton, "clicked()", self.onCancel)
         for b in (self.installButton, self.checkButton, self.cancelButton):
             buttons.addWidget(b)
         wform.addRow(buttons)
@@ -104,15 +107,15 @@ class SettingsPanel:
         for value in ("auto", "cuda", "mps", "cpu"):
             self.device.addItem(value)
         self.device.currentText = s.device
-        self.device.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        link(self.device, "currentIndexChanged(int)", self.onDeviceChanged)
         wform.addRow("Device:", self.device)
         run = qt.QHBoxLayout()
         self.startButton = qt.QPushButton("Start worker")
-        self.startButton.connect("clicked()", self.onStart)
+        link(self.startButton, "clicked()", self.onStart)
         self.stopButton = qt.QPushButton("Stop worker")
-        self.stopButton.connect("clicked()", self.onStop)
+        link(self.stopButton, "clicked()", self.onStop)
         self.logButton = qt.QPushButton("Open log folder")
-        self.logButton.connect("clicked()", self.onOpenLogs)
+        link(self.logButton, "clicked()", self.onOpenLogs)
         for b in (self.startButton, self.stopButton, self.logButton):
             run.addWidget(b)
         wform.addRow(run)
@@ -129,11 +132,11 @@ class SettingsPanel:
         self.checkpoint.filters = ctk.ctkPathLineEdit.Files
         self.checkpoint.nameFilters = ["PyTorch checkpoint (*.pt *.pth)"]
         self.checkpoint.currentPath = s.checkpoint
-        self.checkpoint.connect("currentPathChanged(QString)",
+        link(self.checkpoint, "currentPathChanged(QString)",
                                 lambda path: self.pathTimer.start())
         cform.addRow("Checkpoint:", self.checkpoint)
         self.downloadButton = qt.QPushButton(f"Download {RELEASE} (156 MB, CC-BY-SA-4.0)")
-        self.downloadButton.connect("clicked()", self.onDownload)
+        link(self.downloadButton, "clicked()", self.onDownload)
         cform.addRow(self.downloadButton)
         layout.addWidget(weights)
 
@@ -149,7 +152,7 @@ class SettingsPanel:
             self.pathTimer.stop()
             self.savePaths()
         self.timer.stop()
-        self.timer.disconnect("timeout()", self.onTimer)
+        self.connections.disconnect_all()  # every widget's, the timers' included
 
     def onTimer(self) -> None:
         self.runner.drain()
