@@ -13,9 +13,9 @@ import qt
 
 from .connections import Connections
 from .panel_state import PanelState
+from .panel_view import message_style, panel_view, propagate_options, review_row
 from .source_volume import CT_PRESETS
 
-MESSAGE_COLORS = {"info": "", "warning": "#b26b00", "error": "#c62828"}
 DIRECTIONS = (("Both directions", "both"), ("Increasing slice numbers", "forward"),
               ("Decreasing slice numbers", "backward"))
 
@@ -186,52 +186,37 @@ class OptionsPanel:
 
     # ---- values --------------------------------------------------------------------
     def propagate_options(self) -> dict:
-        whole = self.whole.checked
-        return {"direction": self.direction.currentData,
-                "first": None if whole else int(self.first.value),
-                "last": None if whole else int(self.last.value),
-                "stop_after_empty": int(self.stop_empty.value)}
+        return propagate_options(self.direction.currentData, self.whole.checked,
+                                 self.first.value, self.last.value, self.stop_empty.value)
 
     def replace(self) -> bool:
         return self.apply_mode.currentData == "replace"
 
     def show_message(self, text: str, level: str) -> None:
-        color = MESSAGE_COLORS.get(level, "")
-        self.message.setStyleSheet(f"color: {color}" if color else "")
+        self.message.setStyleSheet(message_style(level))
         self.message.text = text
 
     def refresh(self, s: PanelState) -> None:
-        idle = not s.propagating
-        self.status.text = (f"<b>{s.segment or 'No segment selected'}</b>: "
-                            + (f"prompts on slice(s) {', '.join(map(str, s.prompted))}; "
-                               f"{s.pending} slice(s) in the preview" if s.prompted
-                               else "draw a box around the structure on any slice")
-                            + (f"<br>{s.backend}" if s.backend else "")
-                            + (f"<br><i>{s.export_note}</i>" if s.export_note else ""))
-        self.propagate.enabled = idle and bool(s.prompted)
-        self.propagate_all.enabled = idle
-        self.cancel.enabled = s.propagating
-        self.apply.enabled = idle and s.pending > 0
-        self.apply_all.enabled = idle
-        self.discard.enabled = bool(s.prompted) or s.pending > 0
-        self.progress.visible = s.propagating
-        if s.progress is not None:
-            done, total = s.progress
-            self.progress.setRange(0, max(total, 1))
-            self.progress.value = done
-            self.progress.format = f"{done} / {total} slices"
+        v = panel_view(s, whole_volume=self.whole.checked)
+        self.status.text = v.status
+        for name, on in v.enabled.items():
+            getattr(self, name).enabled = on
+        self.progress.visible = v.progress_visible
+        if v.progress is not None:
+            self.progress.setRange(0, v.progress[0])
+            self.progress.value = v.progress[1]
+            self.progress.format = v.progress[2]
         for spin in (self.first, self.last):
-            spin.setRange(0, max(s.slices - 1, 0))
-        if self.whole.checked and s.slices:
-            self.last.value = s.slices - 1
-        self.model_window.text = s.model_window
+            spin.setRange(0, v.range_max)
+        if v.last_slice is not None:
+            self.last.value = v.last_slice
+        self.model_window.text = v.model_window
         was = self.review.blockSignals(True)
         self.review.clear()
-        for text in s.review:
+        for text in v.review:
             self.review.addItem(text)
         self.review.blockSignals(was)
-        self._review_slices = list(s.review_slices)
-        self.prev.enabled = self.next.enabled = bool(s.review_slices)
+        self._review_slices = v.review_slices
 
     # ---- internals -----------------------------------------------------------------
     def _set_mode(self, mode: str) -> None:
@@ -242,13 +227,10 @@ class OptionsPanel:
         self.last.enabled = on
 
     def _step(self, delta: int) -> None:
-        n = self.review.count
-        if n == 0:
-            return
-        row = self.review.currentRow
-        row = 0 if row < 0 else (row + delta) % n
-        self.review.setCurrentRow(row)
-        self._jump()
+        row = review_row(self.review.currentRow, self.review.count, delta)
+        if row is not None:
+            self.review.setCurrentRow(row)
+            self._jump()
 
     def _jump(self) -> None:
         row = self.review.currentRow

@@ -25,6 +25,12 @@ from MedSAMSegmentLib.install import (
     list_checkpoints,
     plan_install,
 )
+from MedSAMSegmentLib.panel_view import (
+    download_progress,
+    install_progress,
+    message_style,
+    settings_enabled,
+)
 from MedSAMSegmentLib.tasks import Task
 
 RELEASE = "MedSAM2_latest"
@@ -158,14 +164,12 @@ class SettingsPanel:
         self.runner.drain()
 
     def say(self, text: str, error: bool = False) -> None:
-        self.status.setStyleSheet("color: #c62828" if error else "")
+        self.status.setStyleSheet(message_style("error" if error else "info"))
         self.status.text = text
 
     def busy(self, on: bool, cancellable: bool = False) -> None:
-        for b in (self.installButton, self.checkButton, self.downloadButton, self.startButton):
-            b.enabled = not on
-        self.testButton.enabled = not on and self.remote.checked
-        self.cancelButton.enabled = on and cancellable
+        for name, enabled in settings_enabled(on, cancellable, self.remote.checked).items():
+            getattr(self, name).enabled = enabled
         self.progress.visible = on
 
     def submit(self, title: str, work, done, cancellable: bool = False) -> None:  # noqa: ANN001
@@ -256,9 +260,7 @@ class SettingsPanel:
         self.runner.submit(task)
 
     def onInstallProgress(self, index: int, count: int, title: str, line: str) -> None:
-        self.progress.setRange(0, count)
-        self.progress.value = index
-        self.progress.format = f"step {index + 1} of {count}: {title}"
+        self.showProgress(install_progress(index, count, title))
         self.workerLabel.text = line[-200:]
 
     def onCancel(self) -> None:
@@ -301,10 +303,14 @@ class SettingsPanel:
         self.submit("Download", work, done, cancellable=True)
 
     def onDownloadProgress(self, done: int, total: int | None) -> None:
-        if total:
-            self.progress.setRange(0, 1000)
-            self.progress.value = int(1000 * done / total)
-            self.progress.format = f"{done / 1e6:.0f} / {total / 1e6:.0f} MB"
+        bar = download_progress(done, total)
+        if bar is not None:
+            self.showProgress(bar)
+
+    def showProgress(self, bar: tuple[int, int, str]) -> None:
+        self.progress.setRange(0, bar[0])
+        self.progress.value = bar[1]
+        self.progress.format = bar[2]
 
     def onTestConnection(self) -> None:
         self.saveRemote()
