@@ -44,7 +44,7 @@ def anchors(path: Path) -> set[str]:
 
 def commands_in_fences() -> list[tuple[str, str]]:
     """(file, command) for every ``medsam-server`` command in a fenced block, continuation
-    lines (indented, or after a trailing backslash) joined to it."""
+    lines (indented, or after a trailing backslash) joined to it, or in a code span."""
     found = []
     for path in DOCS:
         for block in FENCE.findall(path.read_text()):
@@ -56,6 +56,9 @@ def commands_in_fences() -> list[tuple[str, str]]:
                     lines.append(raw.strip())
             found += [(path.name, line) for line in lines
                       if re.match(r"^(\S+=\S+ )*medsam-server \w", line)]
+        # and every one named in running text, as a code span
+        found += [(path.name, span) for span in
+                  re.findall(r"`(medsam-server [a-z][^`]*)`", FENCE.sub("", path.read_text()))]
     return found
 
 
@@ -69,7 +72,7 @@ def help_text(sub: str) -> str:
 
 def test_every_medsam_server_command_names_real_options():
     commands = commands_in_fences()
-    assert len(commands) >= 8, f"the extraction found only {commands}"
+    assert len(commands) >= 20, f"the extraction found only {commands}"
     wrong = []
     for name, line in commands:
         words = line.split("medsam-server ", 1)[1].split()
