@@ -63,10 +63,13 @@ def cls(name: str) -> str:
 SOURCES: dict[str, list[Source]] = {
     # ---- the effect adaptor (qSlicerSegmentEditorAbstractEffect, scripted effect) ----
     **{f".{n}": [s(AE, decl(n))] for n in (
-        "addActor2D", "removeActor2D", "addOptionsWidget", "addLabeledOptionsWidget",
-        "confirmCurrentSegmentVisible", "cursorOff", "cursorOn", "modifySegmentByLabelmap",
+        "addActor2D", "removeActor2D", "confirmCurrentSegmentVisible", "cursorOff", "cursorOn", "modifySegmentByLabelmap",
         "parameterSetNode", "saveStateForUndo", "sourceVolumeImageData", "active",
         "perSegment", "requireSegments")},
+    # the glue passes layouts too: the QLayout* overloads
+    ".addOptionsWidget": [s(AE, r"addOptionsWidget\(QWidget\*"), s(AE, r"addOptionsWidget\(QLayout\*")],
+    ".addLabeledOptionsWidget": [s(AE, r"addLabeledOptionsWidget\(QString label, QWidget\*"),
+                                 s(AE, r"addLabeledOptionsWidget\(QString label, QLayout\*")],
     ".NotConfirmed": [s(AE, r"\bNotConfirmed\b\s*[,=]")],
     ".ConfirmedWithDialog": [s(AE, r"\bConfirmedWithDialog\b\s*[,=}]?\s*$")],
     ".ModificationModeAdd": [s(AE, r"\bModificationModeAdd\b\s*[,=]")],
