@@ -19,11 +19,10 @@ from MedSAMSegmentLib.BoxPipeline import BoxPipeline
 from MedSAMSegmentLib.controller import Controller, Settings
 from MedSAMSegmentLib.editor import ADD, EditorContext
 from MedSAMSegmentLib.focus import FOCUS_DELAY_S, Debouncer
+from MedSAMSegmentLib.interaction import drag_is_box, enter_applies, press_swallowed
 from MedSAMSegmentLib.OptionsPanel import OptionsPanel
 from MedSAMSegmentLib.panel_state import panel_state
 from MedSAMSegmentLib.source_volume import set_display_window
-
-MIN_DRAG_PIXELS = 4
 
 
 class EffectEditorContext(EditorContext):
@@ -212,10 +211,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 or callerInteractor.GetAltKey()):
             return False  # modifier clicks belong to Slicer (pan, zoom, window/level)
         if eventId == vtk.vtkCommand.LeftButtonPressEvent:
-            confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
-            if confirmed in (self.scriptedEffect.NotConfirmed,
-                             self.scriptedEffect.ConfirmedWithDialog):
-                return True  # as Draw does: the dialog took the matching release event
+            if press_swallowed(self.scriptedEffect.confirmCurrentSegmentVisible(),
+                               self.scriptedEffect.NotConfirmed,
+                               self.scriptedEffect.ConfirmedWithDialog):
+                return True
             self.lastSliceWidget = viewWidget
             mode = self.panel.mode if self.panel is not None else "box"
             if mode == "box":
@@ -235,7 +234,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             controller = self.ensureController()
             node = self.scriptedEffect.parameterSetNode()
             obj = controller.object_of(node.GetSelectedSegmentID() if node else None)
-            if obj is not None and obj.pending and not controller.propagating:
+            if enter_applies(obj, controller.propagating):
                 self.onApply(False)
                 return True
         return False
@@ -244,7 +243,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         start, self.drag = self.drag[1], None
         self.scriptedEffect.cursorOn(viewWidget)
         pipeline = self.pipelineForWidget(viewWidget)
-        if abs(xy[0] - start[0]) < MIN_DRAG_PIXELS or abs(xy[1] - start[1]) < MIN_DRAG_PIXELS:
+        if not drag_is_box(start, xy):
             pipeline.clear()
             self.showMessage("Drag to draw a box around the structure.", "info")
         else:

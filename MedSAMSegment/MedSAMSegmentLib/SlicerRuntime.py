@@ -11,6 +11,7 @@ from pathlib import Path
 import qt
 import slicer
 
+from MedSAMSegmentLib import interaction
 from MedSAMSegmentLib.annotation_log import AnnotationLog
 from MedSAMSegmentLib.settings import BackendHolder, Settings, SettingsStore, load, log_folder, save
 from MedSAMSegmentLib.tasks import TaskRunner
@@ -93,12 +94,5 @@ def annotation_log() -> AnnotationLog:
 
 def backend_summary() -> str:
     """One line for the effect's panel: which backend, and whether it is set up."""
-    s = settings()
-    problems = s.validate()
-    if problems:
-        return "MedSAM2 is not set up: " + problems[0] + " (Server and model settings…)"
     backend = backend_holder().peek()
-    if backend is not None:
-        return backend.describe()
-    return (f"remote server {s.server_url}" if s.backend == "remote"
-            else "local worker (starts with the first box)")
+    return interaction.backend_summary(settings(), backend.describe() if backend else None)
