@@ -28,7 +28,7 @@ _EXPORTS = {
     "CheckpointError": "model", "DeviceError": "model", "write_random_checkpoint": "model",
     "DEFAULT_FEATURE_CACHE_BYTES": "engine", "Engine": "engine",
     "Session": "session", "SliceResult": "session",
-    "segment_objects": "pipeline",
+    "segment_objects": "pipeline", "segment_phases": "phases",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,12 +23,13 @@ Recipe = Literal["box", "mask"]
 def segment_objects(session: Session, specs: list[ObjectSpec], *, recipe: Recipe = "box",
                     lcc: bool = True, stop_after_empty: int = 0, direction: str = "both",
                     progress: Callable[[SliceResult], None] | None = None,
-                    ) -> tuple[np.ndarray, int]:
+                    release_features: bool = True) -> tuple[np.ndarray, int]:
     """Segment every object; returns (uint8 label volume, voxels claimed by two objects).
 
     Where objects overlap the first listed keeps the voxel: nothing is overwritten.
     ``direction``: both (MedSAM2's 3D recipe, the default), or forward / backward only
     (``medsam2_infer_video.py`` propagates forward from the prompted frame).
+    ``release_features=False`` keeps the session's slice features (``phases`` reuses them).
     """
     for spec in specs:  # check every prompt before spending time on the model
         session.check_prompt(spec.axis, spec.slice, spec.prompt)
@@ -40,7 +41,8 @@ def segment_objects(session: Session, specs: list[ObjectSpec], *, recipe: Recipe
                           stop_after_empty=stop_after_empty, progress=progress)
     # The model's work is done: its cached slice features (up to the cache budget, 2 GB by
     # default) go before the connected-component pass allocates its own volumes.
-    session.release_features()
+    if release_features:
+        session.release_features()
     labels = np.zeros(session.shape, dtype=np.uint8)
     overlap = 0
     for spec in specs:

@@ -36,26 +36,46 @@ def write_label_sequence(path: str | os.PathLike, labels: np.ndarray, grid: Volu
                           f"{grid.array.shape[:3]}")
     if not out.parent.is_dir():
         raise VolumeError(f"{out}: output folder {out.parent} does not exist")
-    frames = labels.shape[0]
+    if frame_time_ms:
+        values, unit = [f"{n * frame_time_ms:.6g}" for n in range(labels.shape[0])], "ms"
+    else:
+        values, unit = [str(n) for n in range(labels.shape[0])], ""
+    # each item: one frame as a single-slice 3D volume at the grid's origin
+    return _write(out, labels[:, None], grid, values, unit, "frame")
+
+
+def write_volume_sequence(path: str | os.PathLike, labels: np.ndarray, grid: Volume) -> Path:
+    """``labels`` (phases, k, j, i) uint8, each phase on ``grid`` → ``path`` (index: phase)."""
+    out = Path(path)
+    if not out.name.lower().endswith(SUFFIX):
+        raise VolumeError(f"{out}: a label sequence is written as {SUFFIX}")
+    if labels.ndim != 4 or labels.shape[1:] != grid.array.shape:
+        raise VolumeError(f"{out}: labels {labels.shape} are not phases of the grid "
+                          f"{grid.array.shape}")
+    if not out.parent.is_dir():
+        raise VolumeError(f"{out}: output folder {out.parent} does not exist")
+    return _write(out, labels, grid, [str(n) for n in range(labels.shape[0])], "", "phase")
+
+
+def _write(out: Path, items: np.ndarray, grid: Volume, values: list[str], unit: str,
+           name: str) -> Path:
+    """``items`` (n, k, j, i) on ``grid``'s axes, written under a temporary name, renamed."""
     direction = np.asarray(grid.direction, dtype=float).reshape(3, 3)
     spacing = np.asarray(grid.spacing, dtype=float)
     axes = (direction * spacing).T  # rows: i, j, k axis vectors in LPS (mm)
-    if frame_time_ms:
-        values, unit = [f"{n * frame_time_ms:.6g}" for n in range(frames)], "ms"
-    else:
-        values, unit = [str(n) for n in range(frames)], ""
+    n, k, j, i = items.shape
     header = {
         "type": "uint8", "dimension": 4, "space": "left-posterior-superior",
-        "sizes": [frames, labels.shape[2], labels.shape[1], 1],
+        "sizes": [n, i, j, k],
         "space directions": np.vstack([np.full(3, np.nan), axes]),
         "kinds": ["list", "domain", "domain", "domain"],
-        "labels": ["frame", "", "", ""], "units": [unit, "", "", ""],
+        "labels": [name, "", "", ""], "units": [unit, "", "", ""],
         "space origin": np.asarray(grid.origin, dtype=float),
         "encoding": "gzip",
         "axis 0 index type": "numeric",
         "axis 0 index values": " ".join(values),
     }
-    data = np.ascontiguousarray(labels.astype(np.uint8).transpose(0, 2, 1)[..., None])
+    data = np.ascontiguousarray(items.astype(np.uint8).transpose(0, 3, 2, 1))
     tmp = out.parent / f".{secrets.token_hex(6)}-{out.name}"
     try:
         nrrd.write(str(tmp), data, header, index_order="F")

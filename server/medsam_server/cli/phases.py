@@ -1,0 +1,88 @@
+"""``medsam-server segment --time`` on a 4D file: 3D + time (4D CT or cardiac phases).
+
+The key phase (``--phase``) is segmented in 3D from the usual prompts, then carried to the
+other phases along time, slice by slice (``engine.segment_phases``). Output: one label
+volume per phase on the phases' grid, as a ``.seq.nrrd`` volume sequence or a 4D file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..engine import ObjectSpec, PreprocessError, PromptError, check_slice_prompt
+from ..io.phases import check_phases_output, read_phases, write_phase_labels
+from ..io.volumes import VolumeError
+
+SPATIAL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def image_dimension(path: str) -> int | None:
+    """The dimension of an ITK-readable image file's header; None for other inputs."""
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not p.is_file() or not p.name.lower().endswith(SPATIAL_SUFFIXES):
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None  # the frames reader says what is wrong with it
+    return int(reader.GetDimension())
+
+
+def cmd_segment_phases(args: argparse.Namespace, specs: list[ObjectSpec]) -> int:
+    """Check everything, segment the key phase and carry it along time, write 4D labels."""
+    if args.phase is None:
+        raise PromptError("a 4D file is 3D + time: name the key phase with --phase P "
+                          "(prompts are on that phase)")
+    if args.server:
+        raise PromptError("--time runs in this process; --server does not take phases yet")
+    if args.window is not None and args.modality != "ct":
+        raise PreprocessError("--window is only used with --modality ct")
+    out = check_phases_output(args.output)
+    phases = read_phases(args.input)
+    if not 0 <= args.phase < phases.count:
+        raise VolumeError(f"{args.input}: phase {args.phase} is out of range "
+                          f"(0..{phases.count - 1})")
+    for spec in specs:
+        check_slice_prompt(phases.grid.array.shape, spec.axis, spec.slice, spec.prompt)
+    if not args.quiet:
+        print(f"{args.input}: {phases.count} phases of {phases.grid.size}", file=sys.stderr)
+    t0 = time.perf_counter()
+    labels, note = _segment(args, specs, phases.array)
+    write_phase_labels(out, labels, phases)
+    if not args.quiet:
+        counts = ", ".join(f"{s.name}: {int((labels == s.label).any(axis=(1, 2, 3)).sum())} "
+                           "phases" for s in specs)
+        print(f"wrote {out} ({counts}; {time.perf_counter() - t0:.1f} s, {note})",
+              file=sys.stderr)
+    return 0
+
+
+def _segment(args: argparse.Namespace, specs: list[ObjectSpec], array):  # noqa: ANN001, ANN202
+    import numpy as np
+
+    from ..checkpoints import resolve_checkpoint
+    from ..engine import Engine, segment_phases, window_to_uint8
+    from .options import precision_note
+
+    window = tuple(args.window) if args.window else None
+    # one windowing for every phase (per-phase windowing would differ between phases)
+    pixels = window_to_uint8(array.reshape(-1, *array.shape[2:]), args.modality, window)
+    pixels = np.ascontiguousarray(pixels.reshape(array.shape))
+    checkpoint = resolve_checkpoint(args.checkpoint, download=args.download)
+    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
+                                    precision=args.precision)
+    if not args.quiet:
+        print(precision_note(engine), file=sys.stderr)
+    labels, _overlap = segment_phases(engine, pixels, args.phase, specs, recipe=args.recipe,
+                                      lcc=not args.no_lcc,
+                                      stop_after_empty=args.stop_after_empty,
+                                      direction=args.direction)
+    return labels, (f"on {engine.device} in {engine.precision}, "
+                    f"{engine.encoder_calls} images encoded")
