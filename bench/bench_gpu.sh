@@ -2,7 +2,8 @@
 # One command on a lent GPU machine: set up .venv-gpu (CUDA torch from PyPI's default index,
 # this checkout's client and server, Meta's sam2 pinned by sha256 as `make setup` installs it),
 # then run bench/bench_gpu.py (stock SAM2 vs ours in bf16, 300 slices of 512², first-box
-# latency, peak GPU memory). Arguments go to bench_gpu.py, e.g. --json gpu.json.
+# latency, peak GPU memory), then bench/bench_time.py on the GPU (the echo clip along time).
+# Arguments go to bench_gpu.py, e.g. --json gpu.json.
 #
 #   bench/bench_gpu.sh [--slices 300] [--encode-batch 8] [--json out.json]
 #   MEDSAM_BENCH_PYTHON=/path/to/python bench/bench_gpu.sh   # an environment that has it all
@@ -29,4 +30,7 @@ if [[ -z "$PY" ]]; then
 fi
 "$PY" -c "import torch, sys; print(f'bench_gpu: torch {torch.__version__}, CUDA ' \
     f'{torch.version.cuda}, GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else None}', file=sys.stderr)"
-exec "$PY" bench/bench_gpu.py "$@"
+"$PY" bench/bench_gpu.py "$@"
+# the time run: frames/s through the 120-frame echo clip, stock video predictor vs ours
+# (fp32, bf16), on the GPU (MEDSAM_BENCH_TIME_JSON names a JSON file for it)
+exec "$PY" bench/bench_time.py --device cuda ${MEDSAM_BENCH_TIME_JSON:+--json "$MEDSAM_BENCH_TIME_JSON"}

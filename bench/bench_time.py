@@ -30,6 +30,18 @@ SIDES = ("stock", "ours_fp32", "ours_bf16")
 
 
 def frames(n: int) -> np.ndarray:
+    """The echo clip's first ``n`` frames, or (a copied checkout without ../shared/data, as on
+    a lent GPU machine) a seeded synthetic colour clip of the same size: a beating ellipse."""
+    if not DICOM.is_file():
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[:384, :512]
+        clip = np.empty((n, 384, 512, 3), np.uint8)
+        for f in range(n):
+            r = 50 + 15 * np.sin(2 * np.pi * f / 30)
+            inside = ((xx - 275) / r) ** 2 + ((yy - 160) / (1.3 * r)) ** 2 < 1
+            grey = 60 + 120 * ~inside + rng.normal(0, 10, (384, 512))
+            clip[f] = np.clip(grey[..., None] * (1.0, 0.9, 0.8), 0, 255)
+        return clip
     import pydicom
 
     rgb = pydicom.dcmread(DICOM).pixel_array[:n, 31:415, 84:596]
@@ -110,7 +122,9 @@ def main() -> None:
         "bf16_vs_fp32": fps["ours_bf16"] / fps["ours_fp32"],
         "dice_vs_stock": {s: dice(masks[s], masks["stock"]) for s in SIDES[1:]},
     }
-    print(f"{args.frames} colour frames of the echo clip, box on frame 0, forward "
+    source = "the echo clip" if DICOM.is_file() else "a synthetic clip (no ../shared/data)"
+    report["source"] = source
+    print(f"{args.frames} colour frames of {source}, box on frame 0, forward "
           f"({args.device}, load {load:.1f} -> {os.getloadavg()[0]:.1f})")
     for s in SIDES:
         print(f"  {s:10s} {fps[s]:6.2f} frames/s ({results[s]['seconds']:.1f} s)")
