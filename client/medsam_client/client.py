@@ -55,6 +55,8 @@ _WITHOUT = {
              "server until they expire",
     "undo": "cannot take back prompts (undo is switched off)",
     "focus": "does not encode slices ahead while you scroll (boxes wait for the encoder)",
+    "time": "has no time sessions: grey frames go as a volume (frame = slice k), colour "
+            "frames cannot be sent",
 }
 
 
@@ -67,6 +69,7 @@ class SessionHandle:
     volume_sha256: str
     modality: str = "ct"
     window: tuple[float, ...] | None = None
+    time: bool = False  # frames along the first axis (axis "t")
 
 
 def slice_mask(update: P.SliceUpdate) -> np.ndarray:
@@ -87,9 +90,14 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _wire_volume(volume: np.ndarray) -> np.ndarray:
+def _wire_volume(volume: np.ndarray, time: bool = False) -> np.ndarray:
     """The volume as a dtype the protocol accepts (int64/float16 etc. are converted)."""
     a = np.asarray(volume)
+    if time and a.ndim == 4:
+        if a.shape[3] != 3 or a.dtype != np.uint8:
+            raise MedSAMError(f"colour frames must be uint8 (frames, rows, columns, 3) RGB, got "
+                              f"{a.dtype} {a.shape}")
+        return a
     if a.ndim != 3:
         raise MedSAMError(f"a volume must be 3D (k, j, i), got shape {a.shape}")
     if a.dtype.name in P.VOLUME_DTYPES:
@@ -186,11 +194,16 @@ class MedSAMClient:
                origin: Sequence[float] = (0.0, 0.0, 0.0),
                direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
                modality: P.Modality = "ct", window: Sequence[float] | None = None,
-               name: str = "") -> SessionHandle:
-        """Create a session and send the raw voxels (the server windows them)."""
-        vol = _wire_volume(volume)
+               name: str = "", time: bool = False) -> SessionHandle:
+        """Create a session and send the raw voxels (the server windows them).
+
+        ``time``: frames along the first axis, grey (frames, rows, columns) or uint8 RGB
+        (frames, rows, columns, 3) with modality "none", in one upload; prompt and propagate
+        them along axis "t". A server without the "time" capability gets grey frames as a
+        volume (axis "t" is sent as "k"); colour frames need the capability."""
+        vol = _wire_volume(volume, time)
         return self._upload(vol, _volume_meta(vol, P.sha256_array(vol), spacing, origin,
-                                              direction, modality, window, name))
+                                              direction, modality, window, name, time))
 
     def ensure_session(self, volume: np.ndarray, **kwargs: Any) -> SessionHandle:
         """Upload ``volume`` unless the last session still holds the same voxels and settings.
@@ -199,11 +212,11 @@ class MedSAMClient:
         and a changed volume, modality or window all lead to a fresh upload; the
         replaced session is closed.
         """
-        vol = _wire_volume(volume)
+        vol = _wire_volume(volume, kwargs.get("time", False))
         meta = _volume_meta(vol, P.sha256_array(vol), **kwargs)
         last = self._last
-        if last is not None and (last.volume_sha256, last.modality, last.window) == (
-                meta.sha256, meta.modality, _tuple(meta.window)):
+        if last is not None and (last.volume_sha256, last.modality, last.window, last.time) == (
+                meta.sha256, meta.modality, _tuple(meta.window), meta.time):
             try:
                 info = self.session_info(last)
                 if info.state == "ready" and info.volume_sha256 == meta.sha256:
@@ -219,9 +232,15 @@ class MedSAMClient:
     def _upload(self, vol: np.ndarray, meta: P.VolumeMeta) -> SessionHandle:
         meta.encoding = self._upload_encoding()
         meta.lease = self.supports("lease")
+        if meta.time and not self.supports("time"):
+            if len(meta.shape) == 4:
+                raise MedSAMError(f"{self.url} {_WITHOUT['time']}; update medsam-server to "
+                                  "segment colour frames", code=UNSUPPORTED)
+            meta.time = False  # grey frames: a volume whose slices k are the frames
         body = P.to_json(meta)
-        if not meta.lease:
-            del body["lease"]  # a server without leases never sees the field
+        for name in ("lease", "time"):
+            if not body[name]:
+                del body[name]  # a server without the capability never sees the field
         created = self._call(P.SessionInfo, "POST", "/sessions", json=body)
         if created.lease_timeout_s:  # from now on, until it is closed
             self._heartbeat.add(created.session_id, created.lease_timeout_s)
@@ -236,7 +255,7 @@ class MedSAMClient:
             self.close_session(created.session_id, quiet=True)
             raise
         return SessionHandle(info.session_id, tuple(info.shape),  # type: ignore[arg-type]
-                             info.volume_sha256, meta.modality, _tuple(meta.window))
+                             info.volume_sha256, meta.modality, _tuple(meta.window), meta.time)
 
     def _upload_encoding(self) -> P.Encoding:
         """Our best encoding if the server has it too, else zlib (both always have it)."""
@@ -272,7 +291,7 @@ class MedSAMClient:
         pts = [[float(x), float(y)] for x, y in (points or [])]
         labels = [int(v) for v in point_labels] if point_labels is not None else [1] * len(pts)
         req = P.PromptRequest(
-            object_id=int(object_id), axis=axis, index=int(index),
+            object_id=int(object_id), axis=self._wire_axis(axis), index=int(index),
             box=None if box is None else [float(v) for v in box], points=pts,
             point_labels=labels,
             mask=None if mask is None else P.encode_array(np.asarray(mask, dtype=bool)))
@@ -307,8 +326,12 @@ class MedSAMClient:
         if not self.supports("focus"):
             return False
         self._call(P.Focused, "POST", f"/sessions/{_sid(session)}/focus",
-                   json=P.to_json(P.FocusRequest(axis, int(index))))
+                   json=P.to_json(P.FocusRequest(self._wire_axis(axis), int(index))))
         return True
+
+    def _wire_axis(self, axis: P.Axis) -> P.Axis:
+        """Axis "t" as the server knows it: "k" (the frames' axis) without "time"."""
+        return "k" if axis == "t" and not self.supports("time") else axis
 
     # ---- propagation jobs ----------------------------------------------------------
     def start_propagation(self, session: SessionHandle | str, object_ids: Sequence[int], *,
@@ -316,7 +339,8 @@ class MedSAMClient:
                           start: int | None = None, first: int | None = None,
                           last: int | None = None, stop_after_empty: int = 0,
                           converge_iou: float = 0.98) -> str:
-        req = P.PropagateRequest(object_ids=[int(o) for o in object_ids], axis=axis,
+        req = P.PropagateRequest(object_ids=[int(o) for o in object_ids],
+                                 axis=None if axis is None else self._wire_axis(axis),
                                  direction=direction, start=start, first=first, last=last,
                                  stop_after_empty=stop_after_empty, converge_iou=converge_iou)
         job = self._call(P.JobInfo, "POST", f"/sessions/{_sid(session)}/propagate",
@@ -449,12 +473,12 @@ def _volume_meta(vol: np.ndarray, sha: str, spacing: Sequence[float] = (1.0, 1.0
                  origin: Sequence[float] = (0.0, 0.0, 0.0),
                  direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
                  modality: P.Modality = "ct", window: Sequence[float] | None = None,
-                 name: str = "") -> P.VolumeMeta:
+                 name: str = "", time: bool = False) -> P.VolumeMeta:
     return P.VolumeMeta(shape=list(vol.shape), dtype=vol.dtype.name, sha256=sha,
                         spacing=[float(v) for v in spacing], origin=[float(v) for v in origin],
                         direction=[float(v) for v in direction], modality=modality,
                         window=None if window is None else [float(v) for v in window],
-                        name=str(name))
+                        name=str(name), time=bool(time))
 
 
 def _tuple(window: list[float] | None) -> tuple[float, ...] | None:

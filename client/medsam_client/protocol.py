@@ -68,8 +68,11 @@ PROTOCOL_VERSION = 1
 #   undo:  POST /sessions/{sid}/objects/{oid}/undo takes back an object's last prompt;
 #   focus: POST /sessions/{sid}/focus encodes the slice a user looks at, then its
 #          neighbours, while the model has nothing else to do (a prompt then needs
-#          only the decoder).
-CAPABILITIES = ("lease", "undo", "focus")
+#          only the decoder);
+#   time:  a session over frames (VolumeMeta.time: 2D + time, grey (frames, rows, columns)
+#          or colour (frames, rows, columns, 3) uint8 RGB); prompts, propagation and focus
+#          name the frame axis "t" (the array's first axis), and its updates say "t".
+CAPABILITIES = ("lease", "undo", "focus", "time")
 
 # Error codes (ErrorBody.error) clients act on; one name per condition.
 SESSION_GONE = "session_gone"
@@ -79,7 +82,8 @@ OBJECT_NOT_FOUND = "object_not_found"
 # the same conditions; clients read them as the names above.
 LEGACY_ERROR_CODES = {"session_not_found": SESSION_GONE, "job_not_found": JOB_GONE}
 Encoding = Literal["zstd", "zlib", "raw"]
-Axis = Literal["k", "j", "i"]
+# "t": the frame axis of a time session (capability "time"), the array's first axis
+Axis = Literal["k", "j", "i", "t"]
 Direction = Literal["both", "forward", "backward"]
 Modality = Literal["ct", "mr", "none"]
 JobState = Literal["queued", "running", "done", "cancelled", "failed"]
@@ -310,6 +314,9 @@ class VolumeMeta:
     # capability "lease": this client heartbeats the session; the server closes it when the
     # heartbeats stop for its lease timeout (a crashed client frees it within that time)
     lease: bool = False
+    # capability "time": frames along the first axis (shape (frames, rows, columns), or
+    # (frames, rows, columns, 3) for uint8 RGB colour frames, which are not windowed)
+    time: bool = False
 
 
 @dataclass

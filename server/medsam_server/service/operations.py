@@ -14,6 +14,7 @@ its own claim from the moment it exists, so a session closed at any point in bet
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -51,6 +52,7 @@ from .errors import BadInput, ObjectNotFound, SessionGone, TooManyObjects, Unava
 from .focus import FocusWork
 from .jobs import Job, JobStore
 from .sessions import ServiceSession, SessionRegistry
+from .time_axis import engine_axis, wire_undone, wire_update
 from .worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -163,6 +165,7 @@ class Service:
     def prompt(self, s: ServiceSession, req: PromptRequest) -> Future:
         """Queue a prompt ahead of propagation work; the Future gives its SliceUpdate."""
         es = self._ready(s)
+        req = dataclasses.replace(req, axis=engine_axis(s.meta, req.axis))
         prompt = prompt_from_request(req, es)
 
         def run() -> SliceUpdate:
@@ -175,7 +178,7 @@ class Service:
             update = slice_update(es.add_prompt(req.object_id, req.axis, req.index, prompt))
             if new:  # a new mask volume: keep the sessions under the memory budget
                 self.sessions.enforce_budget(protect=s)
-            return update
+            return wire_update(s.meta, update)
 
         return self._submit_claimed(s, run)
 
@@ -229,8 +232,9 @@ class Service:
             log.info("session %s: object %d: undid the %s on slice %d (%d slices restored%s)",
                      s.session_id, object_id, report.kind, report.index, len(updates),
                      ", object removed" if report.object_removed else "")
-            return Undone(object_id, report.axis, report.index, report.kind,  # type: ignore[arg-type]
-                          report.object_removed, report.undo_left, updates)
+            return wire_undone(s.meta, Undone(
+                object_id, report.axis, report.index, report.kind,  # type: ignore[arg-type]
+                report.object_removed, report.undo_left, updates))
 
         return self._submit_claimed(s, run)
 
@@ -278,6 +282,7 @@ class Service:
         it replaced an earlier focus)."""
         es = self._ready(s)
         self._still_open(s)
+        req = dataclasses.replace(req, axis=engine_axis(s.meta, req.axis))
         if req.axis not in ("k", "j", "i"):
             raise BadInput(f"axis must be k, j or i, not {req.axis!r}")
         n = es.num_slices(req.axis)
@@ -300,6 +305,7 @@ class Service:
         """Plan the job on the worker (the engine Session's objects are the worker's),
         then queue it; the Future gives its JobInfo, or the reason it was refused."""
         es = self._ready(s)
+        req = dataclasses.replace(req, axis=engine_axis(s.meta, req.axis))
         if not req.object_ids:
             raise BadInput("object_ids is empty: name the objects to propagate")
         if len(set(req.object_ids)) != len(req.object_ids):
@@ -349,7 +355,7 @@ class Service:
         req = job.request
 
         def progress(result: SliceResult) -> None:
-            job.add_update(slice_update(result))
+            job.add_update(wire_update(s.meta, slice_update(result)))
             # server-side work: keeps the session from idling, never renews the lease
             self.sessions.touch(s.session_id, client=False)
             self.worker.run_urgent(skip_tag=s.session_id)  # other users' prompts go first

@@ -47,6 +47,7 @@ from ..engine import Engine, Session, window_to_uint8
 from .claims import SessionWork
 from .config import ServiceConfig
 from .errors import BadInput, OutOfMemory, SessionGone, TooLarge, TooManySessions, WrongState
+from .time_axis import check_time_meta, is_colour
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -111,8 +112,7 @@ def check_meta(meta: VolumeMeta, config: ServiceConfig) -> None:
     """Refuse a VolumeMeta that could never be uploaded, before any voxel is sent."""
     if meta.dtype not in VOLUME_DTYPES:
         raise BadInput(f"dtype {meta.dtype!r} is not supported; use one of {VOLUME_DTYPES}")
-    if len(meta.shape) != 3 or any(s < 1 for s in meta.shape):
-        raise BadInput(f"shape {meta.shape} must be 3 positive sizes (k, j, i)")
+    check_time_meta(meta)  # 3 sizes (k, j, i), or frames (capability "time")
     if meta.encoding not in available_encodings():
         raise BadInput(f"encoding {meta.encoding!r} is not available here; "
                        f"use one of {available_encodings()}")
@@ -252,7 +252,10 @@ class SessionRegistry:
         try:
             volume = decode_volume(body, s.meta)
             window = tuple(s.meta.window) if s.meta.window is not None else None
-            volume_u8 = window_to_uint8(volume, s.meta.modality, window)  # type: ignore[arg-type]
+            if is_colour(s.meta):  # RGB frames go to the model as they are (uint8)
+                volume_u8 = volume
+            else:
+                volume_u8 = window_to_uint8(volume, s.meta.modality, window)  # type: ignore[arg-type]
             del volume
             session = Session(self.engine, volume_u8, undo_depth=self.config.undo_depth)
             with self.lock:
