@@ -62,20 +62,15 @@ def cmd_segment_frames(args: argparse.Namespace, specs: list[ObjectSpec]) -> int
 
 
 def _segment(args: argparse.Namespace, specs: list[ObjectSpec], frames: object):  # noqa: ANN202
-    from ..checkpoints import resolve_checkpoint
-    from ..engine import Engine, Session, segment_objects, window_to_uint8
-    from .options import precision_note
+    from ..engine import Session, segment_objects, window_to_uint8
+    from .options import load_engine
 
     pixels = frames.pixels  # type: ignore[attr-defined]
     if not frames.colour and pixels.dtype.name != "uint8":  # type: ignore[attr-defined]
         # cine MR/CT frames: the modality's windowing, as for a volume
         pixels = window_to_uint8(pixels, args.modality,
                                  tuple(args.window) if args.window else None)
-    checkpoint = resolve_checkpoint(args.checkpoint, download=args.download)
-    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
-                                    precision=args.precision)
-    if not args.quiet:
-        print(precision_note(engine), file=sys.stderr)
+    engine = load_engine(args)
     session = Session(engine, pixels)
     labels, _overlap = segment_objects(session, specs, recipe=args.recipe, lcc=False,
                                        stop_after_empty=args.stop_after_empty,

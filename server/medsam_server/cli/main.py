@@ -42,7 +42,7 @@ from .options import (
     add_checkpoint_options,
     add_precision_argument,
     add_segmentation_options,
-    precision_note,
+    load_engine,
 )
 
 USER_ERRORS = (BatchError, CheckpointError, DeviceError, EvaluationError, MedSAMError,
@@ -216,15 +216,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def _segment_local(args: argparse.Namespace, specs: list[ObjectSpec],
                    volume: object) -> tuple[object, int, str]:
-    from ..engine import Engine, Session, segment_objects, window_to_uint8
+    from ..engine import Session, segment_objects, window_to_uint8
 
     volume_u8 = window_to_uint8(volume.array, args.modality,  # type: ignore[attr-defined]
                                 tuple(args.window) if args.window else None)
-    checkpoint = resolve_checkpoint(args.checkpoint, download=args.download)
-    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
-                                    precision=args.precision)
-    if not args.quiet:
-        print(precision_note(engine), file=sys.stderr)
+    engine = load_engine(args)
     session = Session(engine, volume_u8)
     bar = None if args.quiet else _progress_bar(specs, session)
     try:

@@ -48,3 +48,19 @@ def precision_note(engine: object) -> str:
     if getattr(engine, "kernels", "stock") != "stock":
         note += f", {engine.kernels} kernels"  # type: ignore[attr-defined]
     return note
+
+
+def load_engine(args: argparse.Namespace):  # noqa: ANN201 - an Engine (torch loads lazily)
+    """The engine a segmenting command runs on: the checkpoint as resolved from ``args``,
+    on ``--device`` with ``--threads`` and ``--precision``; says which unless ``--quiet``."""
+    import sys
+
+    from ..checkpoints import resolve_checkpoint
+    from ..engine import Engine
+
+    checkpoint = resolve_checkpoint(args.checkpoint, download=args.download)
+    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
+                                    precision=args.precision)
+    if not args.quiet:
+        print(precision_note(engine), file=sys.stderr)
+    return engine

@@ -67,19 +67,14 @@ def cmd_segment_phases(args: argparse.Namespace, specs: list[ObjectSpec]) -> int
 def _segment(args: argparse.Namespace, specs: list[ObjectSpec], array):  # noqa: ANN001, ANN202
     import numpy as np
 
-    from ..checkpoints import resolve_checkpoint
-    from ..engine import Engine, segment_phases, window_to_uint8
-    from .options import precision_note
+    from ..engine import segment_phases, window_to_uint8
+    from .options import load_engine
 
     window = tuple(args.window) if args.window else None
     # one windowing for every phase (per-phase windowing would differ between phases)
     pixels = window_to_uint8(array.reshape(-1, *array.shape[2:]), args.modality, window)
     pixels = np.ascontiguousarray(pixels.reshape(array.shape))
-    checkpoint = resolve_checkpoint(args.checkpoint, download=args.download)
-    engine = Engine.from_checkpoint(checkpoint, args.device, args.threads,
-                                    precision=args.precision)
-    if not args.quiet:
-        print(precision_note(engine), file=sys.stderr)
+    engine = load_engine(args)
     labels, _overlap = segment_phases(engine, pixels, args.phase, specs, recipe=args.recipe,
                                       lcc=not args.no_lcc,
                                       stop_after_empty=args.stop_after_empty,
