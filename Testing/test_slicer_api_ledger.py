@@ -87,12 +87,30 @@ def test_each_citation_is_the_line_it_claims(ledger: dict) -> None:
         pytest.skip("no Slicer/CTK/VTK mirror here: lines checked against the ledger's text only")
 
 
-def test_every_slicer_citation_holds_for_5_10_5_12_and_main(ledger: dict) -> None:
-    assert set(ledger["commits"]["Slicer"]) == {"5.10", "5.12", "HEAD"}
-    partial = [(key, src["path"], src["holds_for"]) for key, sources in ledger["entries"].items()
-               for src in sources
-               if src["source"] == "Slicer" and set(src["holds_for"]) != {"5.10", "5.12", "HEAD"}]
+def test_every_citation_holds_for_5_10_5_12_and_main(ledger: dict) -> None:
+    # Slicer at its branches; CTK and VTK at the commits each of those branches builds against
+    for repo in ("Slicer", "CTK", "VTK"):
+        assert set(ledger["commits"][repo]) == {"5.10", "5.12", "HEAD"}, repo
+    partial = [(key, src["source"], src["path"], src["holds_for"])
+               for key, sources in ledger["entries"].items() for src in sources
+               if src["source"] in ledger_tool.MIRRORS
+               and set(src["holds_for"]) != {"5.10", "5.12", "HEAD"}]
     assert not partial, f"not defined in every supported Slicer: {partial}"
+
+
+def test_ctk_and_vtk_are_read_at_the_commits_slicer_pins(ledger: dict) -> None:
+    if not ledger_tool.MIRRORS["Slicer"].exists():
+        pytest.skip("no Slicer mirror here: the pins are checked where one is")
+    assert ledger_tool.pinned(ledger["commits"]["Slicer"]) == {
+        "CTK": ledger["commits"]["CTK"], "VTK": ledger["commits"]["VTK"]}
+
+
+def test_the_doc_names_every_commit_read(ledger: dict) -> None:
+    doc = ledger_tool.DOC.read_text()
+    sources = doc.split("## Sources read")[1].split("\n## ")[0]
+    missing = [(repo, ref, commit) for repo, refs in ledger["commits"].items()
+               for ref, commit in refs.items() if f"`{commit}`" not in sources]
+    assert not missing, f"docs/slicer-api.md 'Sources read' does not name: {missing}"
 
 
 def test_qt_names_exist_in_qt_5_15(ledger: dict) -> None:

@@ -207,13 +207,36 @@ def qt_has(classes: dict, cls: str, member: str) -> bool:
     return False
 
 
+def pinned(slicer_commits: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The CTK and VTK each Slicer ref builds against, read from its SuperBuild.
+
+    CTK: the ``Slicer_CTK_GIT_TAG`` commit of ``SuperBuild/External_CTK.cmake``. VTK: Slicer
+    builds its fork (github.com/slicer/VTK) for the default ``Slicer_VTK_VERSION_MINOR``; the
+    fork's tag comment ends in the upstream Kitware/VTK commit it is based on, which is what
+    is read here (the fork's own few patches are not in any snapshot we can fetch).
+    """
+    ctk, vtk = {}, {}
+    for ref, commit in slicer_commits.items():
+        cmake = git("Slicer", "show", f"{commit}:SuperBuild/External_CTK.cmake")
+        tag = re.search(r'Slicer_\$\{proj\}_GIT_TAG\s+"([0-9a-f]{40})"', cmake)
+        top = git("Slicer", "show", f"{commit}:CMakeLists.txt")
+        minor = re.search(r'set\(_default_vtk_minor_version "(\d+)"\)', top)
+        vtk_cmake = git("Slicer", "show", f"{commit}:SuperBuild/External_VTK.cmake")
+        base = re.search(rf'STREQUAL "9\.{minor.group(1) if minor else "?"}"\)\s*\n\s*set\(_git_tag '
+                         r'"[0-9a-f]{40}"\) # slicer-v[\d.]+-[\d-]+-([0-9a-f]{7,})', vtk_cmake)
+        if tag is None or base is None:
+            raise SystemExit(f"Slicer {ref}: CTK or VTK pin not found in its SuperBuild")
+        ctk[ref] = git("CTK", "rev-parse", tag.group(1)).strip()
+        vtk[ref] = git("VTK", "rev-parse", base.group(1)).strip()
+    return {"CTK": ctk, "VTK": vtk}
+
+
 def build() -> dict:
     """Resolve every source in SOURCES against the mirrors; the ledger as JSON data."""
     from slicer_api_sources import SOURCES
 
-    commits = {"Slicer": {ref: git("Slicer", "rev-parse", ref).strip() for ref in SLICER_REFS},
-               "CTK": {"HEAD": git("CTK", "rev-parse", "HEAD").strip()},
-               "VTK": {"HEAD": git("VTK", "rev-parse", "HEAD").strip()}}
+    commits = {"Slicer": {ref: git("Slicer", "rev-parse", ref).strip() for ref in SLICER_REFS}}
+    commits.update(pinned(commits["Slicer"]))
     classes = qt_classes()
     entries = {}
     used = all_uses()
@@ -226,7 +249,8 @@ def build() -> dict:
         cited = []
         for repo, where, regex in sources:
             if repo in MIRRORS:
-                found = {ref: find_line(repo, ref, where, regex) for ref in commits[repo]}
+                found = {ref: find_line(repo, commit, where, regex)
+                         for ref, commit in commits[repo].items()}
                 head = found["HEAD"]
                 if head is None:
                     raise SystemExit(f"{key}: /{regex}/ not found in {repo} {where}")
