@@ -113,6 +113,22 @@ def test_the_doc_names_every_commit_read(ledger: dict) -> None:
     assert not missing, f"docs/slicer-api.md 'Sources read' does not name: {missing}"
 
 
+def test_each_qt_citation_is_the_header_line_it_claims(ledger: dict) -> None:
+    qt = [src for sources in ledger["entries"].values() for src in sources
+          if src["source"] == "Qt"]
+    assert qt and all(src["path"] and src["line"] > 0 and src["text"] for src in qt)
+    if ledger_tool.qt_version() is None:
+        pytest.skip("no Qt headers here (apt-get install qtbase5-dev): text kept in the ledger")
+    assert ledger["commits"]["Qt"]["5.15"] == ledger_tool.qt_version()
+    wrong = [(src["class"], src["member"], src["path"], src["line"]) for src in qt
+             if (ledger_tool.QT_HEADERS / src["path"]).read_text().splitlines()[src["line"] - 1]
+             .strip() != src["text"]]
+    assert not wrong, wrong
+    # the declaration is of that member (or the class itself), not a mention of it elsewhere
+    named = [src for src in qt if (src["member"].split("(")[0] or src["class"]) not in src["text"]]
+    assert not named, named
+
+
 def test_qt_names_exist_in_qt_5_15(ledger: dict) -> None:
     classes = ledger_tool.qt_classes()
     qt = [(key, src) for key, sources in ledger["entries"].items() for src in sources

@@ -231,6 +231,57 @@ def pinned(slicer_commits: dict[str, str]) -> dict[str, dict[str, str]]:
     return {"CTK": ctk, "VTK": vtk}
 
 
+QT_HEADERS = Path("/usr/include/x86_64-linux-gnu/qt5")  # Debian's qtbase5-dev
+QT_MODULES = ("QtCore", "QtGui", "QtWidgets")
+
+
+def qt_version() -> str | None:
+    config = QT_HEADERS / "QtCore" / "qconfig.h"
+    found = re.search(r'#define QT_VERSION_STR "([\d.]+)"', config.read_text()) \
+        if config.exists() else None
+    return found.group(1) if found else None
+
+
+def qt_header(cls: str) -> str | None:
+    """QtWidgets/qtimer.h style path of CLS's header (Qt names headers after classes)."""
+    name = "qnamespace.h" if cls == "Qt" else cls.lower() + ".h"
+    return next((f"{m}/{name}" for m in QT_MODULES if (QT_HEADERS / m / name).exists()), None)
+
+
+def qt_line(classes: dict, cls: str, member: str) -> tuple[str, int, str] | None:
+    """Where Qt 5.15's headers declare CLS (or MEMBER on CLS or the base declaring it)."""
+    if not member:  # the definition, not a forward declaration
+        regexes = [rf"^class (Q_\w+_EXPORT )?{cls}\b(?!.*;\s*$)"]
+    elif "(" in member:  # a signal: its declaration, e.g. ``void clicked(bool checked = false);``
+        regexes = [rf"\bvoid {re.escape(member.split('(')[0])}\("]
+    elif member[:1].isupper():  # an enum value
+        regexes = [rf"(^\s*{member}\b\s*[,=}}]?|\benum\b.*[{{,]\s*{member}\b)"]
+    else:  # a method declared (a return type first), else a property
+        regexes = [rf"^\s*(?:[\w:<>,]+[\s*&]+)+{member}\s*\(",
+                   rf"Q_PROPERTY\(\w+\*? {member}\b"]
+    for regex in regexes:
+        found = _qt_find(classes, cls, regex)
+        if found is not None:
+            return found
+    return None
+
+
+def _qt_find(classes: dict, cls: str, regex: str) -> tuple[str, int, str] | None:
+    todo, seen = [cls], set()
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        path = qt_header(name)
+        if path is not None:
+            for number, line in enumerate((QT_HEADERS / path).read_text().splitlines(), 1):
+                if re.search(regex, line) and not _COMMENT.match(line):
+                    return path, number, line.strip()
+        todo.extend(classes.get(name, {}).get("b", ()))
+    return None
+
+
 def build() -> dict:
     """Resolve every source in SOURCES against the mirrors; the ledger as JSON data."""
     from slicer_api_sources import SOURCES
@@ -238,6 +289,10 @@ def build() -> dict:
     commits = {"Slicer": {ref: git("Slicer", "rev-parse", ref).strip() for ref in SLICER_REFS}}
     commits.update(pinned(commits["Slicer"]))
     classes = qt_classes()
+    version = qt_version()
+    if version is None:
+        raise SystemExit(f"no Qt headers in {QT_HEADERS}: apt-get install qtbase5-dev")
+    commits["Qt"] = {"5.15": version}
     entries = {}
     used = all_uses()
     unsourced = sorted(set(used) - set(SOURCES))
@@ -259,7 +314,11 @@ def build() -> dict:
             elif repo == "Qt":
                 if not qt_has(classes, where, regex):
                     raise SystemExit(f"{key}: {where}.{regex} not in the Qt 5.15 index")
-                cited.append({"source": "Qt", "class": where, "member": regex})
+                found = qt_line(classes, where, regex)
+                if found is None:
+                    raise SystemExit(f"{key}: {where}.{regex} not found in the Qt headers")
+                cited.append({"source": "Qt", "class": where, "member": regex,
+                              "path": found[0], "line": found[1], "text": found[2]})
             else:
                 cited.append({"source": "Python", "what": where})
         entries[key] = cited
@@ -281,7 +340,9 @@ def render(ledger: dict) -> str:
                 text = src["text"].replace("|", "\\|")
                 holds = ", ".join("main" if r == "HEAD" else r for r in src["holds_for"])
             elif src["source"] == "Qt":
-                where, text, holds = f"Qt 5.15 {src['class']}", src["member"] or "class", "Qt 5.15"
+                version = ledger["commits"]["Qt"]["5.15"]
+                where = f"Qt {version} {src['path']}:{src['line']} ({src['class']})"
+                text, holds = src["text"], "Qt 5.15"
             else:
                 where, text, holds = src["what"], "", ""
             rows.append(f"| `{key}` | {where} | `{text}` | {holds} |" if text
