@@ -1,4 +1,5 @@
-"""``medsam-server segment --time`` on a 4D file: 3D + time (4D CT or cardiac phases).
+"""``medsam-server segment --time`` on 4D input: 3D + time (4D CT or cardiac phases), from a
+4D file or a DICOM folder (a series per phase, or one series with temporal positions).
 
 The key phase (``--phase``) is segmented in 3D from the usual prompts, then carried to the
 other phases along time, slice by slice (``engine.segment_phases``). Output: one label
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..engine import ObjectSpec, PreprocessError, PromptError, check_slice_prompt
+from ..io.dicom_phases import holds_dicom_phases, read_dicom_phases
 from ..io.phases import check_phases_output, read_phases, write_phase_labels
 from ..io.volumes import VolumeError
 
@@ -20,10 +22,13 @@ SPATIAL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def image_dimension(path: str) -> int | None:
-    """The dimension of an ITK-readable image file's header; None for other inputs."""
+    """The dimension of an ITK-readable image file's header, 4 for a folder of DICOM phases;
+    None for other inputs."""
     import SimpleITK as sitk
 
     p = Path(path)
+    if p.is_dir():
+        return 4 if holds_dicom_phases(p) else None
     if not p.is_file() or not p.name.lower().endswith(SPATIAL_SUFFIXES):
         return None
     reader = sitk.ImageFileReader()
@@ -38,14 +43,16 @@ def image_dimension(path: str) -> int | None:
 def cmd_segment_phases(args: argparse.Namespace, specs: list[ObjectSpec]) -> int:
     """Check everything, segment the key phase and carry it along time, write 4D labels."""
     if args.phase is None:
-        raise PromptError("a 4D file is 3D + time: name the key phase with --phase P "
+        raise PromptError("a 4D input (file or DICOM phases) is 3D + time: name the key "
+                          "phase with --phase P "
                           "(prompts are on that phase)")
     if args.server:
         raise PromptError("--time runs in this process; --server does not take phases yet")
     if args.window is not None and args.modality != "ct":
         raise PreprocessError("--window is only used with --modality ct")
     out = check_phases_output(args.output)
-    phases = read_phases(args.input)
+    phases = read_dicom_phases(args.input) if Path(args.input).is_dir() else \
+        read_phases(args.input)
     if not 0 <= args.phase < phases.count:
         raise VolumeError(f"{args.input}: phase {args.phase} is out of range "
                           f"(0..{phases.count - 1})")
@@ -53,6 +60,8 @@ def cmd_segment_phases(args: argparse.Namespace, specs: list[ObjectSpec]) -> int
         check_slice_prompt(phases.grid.array.shape, spec.axis, spec.slice, spec.prompt)
     if not args.quiet:
         print(f"{args.input}: {phases.count} phases of {phases.grid.size}", file=sys.stderr)
+        for i, name in enumerate(phases.names):  # which index is which DICOM phase
+            print(f"  phase {i}: {name}", file=sys.stderr)
     t0 = time.perf_counter()
     labels, note = _segment(args, specs, phases.array)
     write_phase_labels(out, labels, phases)

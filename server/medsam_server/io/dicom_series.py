@@ -48,22 +48,32 @@ def source_series(path: str | os.PathLike, volume: Volume) -> SourceSeries:
         raise VolumeError(f"{p}: {NOT_A_SERIES}")
     files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), s) for s in series_ids),
                 key=len)
-    image = volume.image_like()
-    by_k: dict[int, object] = {}
-    for name in files:
-        ds = pydicom.dcmread(name, stop_before_pixels=True)
-        position = [float(v) for v in ds.ImagePositionPatient]
-        k = image.TransformPhysicalPointToContinuousIndex(position)[2]
-        if abs(k - round(k)) > 0.01 or not 0 <= round(k) < volume.array.shape[0]:
-            raise VolumeError(f"{name}: lies at k = {k:.2f}, not on a slice of {p}'s volume")
-        by_k[int(round(k))] = ds
-    if sorted(by_k) != list(range(volume.array.shape[0])):
-        raise VolumeError(f"{p}: {len(by_k)} instances for {volume.array.shape[0]} slices")
-    instances = [by_k[k] for k in range(volume.array.shape[0])]
+    datasets = [pydicom.dcmread(name, stop_before_pixels=True) for name in files]
+    instances = place_on_slices(datasets, volume, str(p))
     frames = {str(ds.get("FrameOfReferenceUID", "")) for ds in instances}
     if len(frames) != 1 or "" in frames:
         raise VolumeError(f"{p}: the series needs one Frame of Reference UID, has {frames}")
     return SourceSeries(p, instances, volume, _complete(instances))
+
+
+def place_on_slices(datasets: list, volume: Volume, where: str) -> list:
+    """``datasets`` in k order: each instance's Image Position (Patient) must fall on its own
+    slice of ``volume``'s grid and every slice must have one, so a missing slice or uneven
+    slice spacing (which ITK's series reader only warns about) is refused, naming ``where``.
+    """
+    image = volume.image_like()
+    slices = volume.array.shape[0]
+    by_k: dict[int, object] = {}
+    for ds in datasets:
+        position = [float(v) for v in ds.ImagePositionPatient]
+        k = image.TransformPhysicalPointToContinuousIndex(position)[2]
+        if abs(k - round(k)) > 0.01 or not 0 <= round(k) < slices or round(k) in by_k:
+            raise VolumeError(f"{ds.filename}: lies at k = {k:.2f}, not on a slice of {where}'s "
+                              "volume (missing, repeated or unevenly spaced slices)")
+        by_k[int(round(k))] = ds
+    if sorted(by_k) != list(range(slices)):
+        raise VolumeError(f"{where}: {len(by_k)} instances for {slices} slices")
+    return [by_k[k] for k in range(slices)]
 
 
 def _complete(instances: list) -> list[str]:

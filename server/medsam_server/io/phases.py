@@ -1,7 +1,8 @@
 """Read 3D + time inputs (4D NIfTI/NRRD/MHA: phases of one grid) and write their labels.
 
 SimpleITK reads a 4D file as (phases, k, j, i); every phase shares the file's 3D grid (the
-first three axes' spacing, origin and direction). Labels go out as a ``.seq.nrrd`` volume
+first three axes' spacing, origin and direction). DICOM phases (a folder of series) are read
+by ``dicom_phases.read_dicom_phases`` into the same ``Phases``. Labels go out as a ``.seq.nrrd`` volume
 sequence (one item per phase, as 3D Slicer loads one) or a 4D ``.nii.gz``/``.nrrd``/``.mha``
 on the input's own 4D geometry.
 """
@@ -27,10 +28,23 @@ class Phases:
     array: np.ndarray  # (phases, k, j, i)
     grid: Volume
     image4d: sitk.Image  # header only (1 voxel): the 4D geometry written back
+    names: tuple[str, ...] = ()  # what each phase is, where the input says (DICOM)
 
     @property
     def count(self) -> int:
         return int(self.array.shape[0])
+
+    @classmethod
+    def on_grid(cls, array: np.ndarray, grid: Volume, names: list[str]) -> Phases:
+        """Phases read as 3D volumes on one ``grid``; the 4D header adds a unit phase axis
+        at 0, as ``sitk.JoinSeries`` of those volumes would."""
+        header = sitk.Image([1, 1, 1, 1], sitk.sitkUInt8)
+        header.SetSpacing((*grid.spacing, 1.0))
+        header.SetOrigin((*grid.origin, 0.0))
+        d = np.eye(4)
+        d[:3, :3] = np.asarray(grid.direction, dtype=float).reshape(3, 3)
+        header.SetDirection(tuple(d.ravel()))
+        return cls(array, grid, header, tuple(names))
 
 
 def read_phases(path: str | os.PathLike) -> Phases:
