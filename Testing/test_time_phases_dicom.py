@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from conftest import ERROR_PREFIX, cli, shared
 from medsam_server.cli.phases import image_dimension
 from medsam_server.io.dicom_phases import read_dicom_phases
-from medsam_server.io.volumes import read_volume
+from medsam_server.io.volumes import VolumeError, read_volume
 from pydicom.uid import generate_uid
 
 SLICES = slice(8, 11)  # three of the series' 20 slices (by position), through the liver
@@ -125,6 +125,25 @@ def test_reader_orders_phases_by_their_tags_with_the_motion_voxels(layout, sourc
     assert phases.grid.origin == pytest.approx(tuple(float(v) for v in ds0.ImagePositionPatient))
     assert phases.grid.spacing == pytest.approx((float(ds0.PixelSpacing[1]),
                                                  float(ds0.PixelSpacing[0]), 2.0))
+
+
+def test_trigger_time_orders_series_before_their_description(source, tmp_path):
+    # cardiac CT phases: TriggerTime states the order, the descriptions' % would reverse it
+    folder = series_per_phase(tmp_path, source, {
+        p: {"tags": {"TriggerTime": 100.0 * p, "SeriesDescription": f"Cardiac {90 - 10 * p}%"}}
+        for p in range(3)})
+    phases = read_dicom_phases(folder)
+    assert [name.split("'")[1] for name in phases.names] == ["Cardiac 90%", "Cardiac 80%",
+                                                             "Cardiac 70%"]
+    for p, shift in enumerate(SHIFTS):
+        np.testing.assert_array_equal(phases.array[p], expected(source, shift))
+
+
+def test_series_per_phase_mixed_with_temporal_positions_is_refused(source, tmp_path):
+    series_per_phase(tmp_path / "phases", source)
+    one_series(tmp_path / "dynamic", source, "TemporalPositionIdentifier")
+    with pytest.raises(VolumeError, match="temporal positions of its own: give one layout"):
+        read_dicom_phases(tmp_path)
 
 
 def segment(input_path: Path, out: Path, checkpoint: Path) -> tuple[int, str, str]:
