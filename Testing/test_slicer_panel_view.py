@@ -7,6 +7,7 @@ from pathlib import Path
 
 from MedSAMSegmentLib.panel_state import PanelState
 from MedSAMSegmentLib.panel_view import (
+    TimePanelState,
     download_progress,
     install_progress,
     message_style,
@@ -14,6 +15,8 @@ from MedSAMSegmentLib.panel_view import (
     propagate_options,
     review_row,
     settings_enabled,
+    time_range,
+    time_view,
 )
 
 LIB = Path(__file__).resolve().parents[1] / "MedSAMSegment" / "MedSAMSegmentLib"
@@ -92,3 +95,49 @@ def test_small_decisions() -> None:
     assert install_progress(0, 4, "pip") == (4, 0, "step 1 of 4: pip")
     assert download_progress(78_000_000, 156_000_000) == (1000, 500, "78 / 156 MB")
     assert download_progress(5, None) is None and download_progress(5, 0) is None
+
+
+def test_through_time_hidden_for_an_ordinary_volume() -> None:
+    v = time_view(panel_view(PanelState(segment="liver", prompted=[3], slices=9)),
+                  TimePanelState())
+    assert not v.time_visible and "propagate_time" not in v.enabled
+    assert v.enabled["propagate"]  # the slice path is untouched
+
+
+def test_through_time_frames_replace_slices_in_the_options() -> None:
+    base = panel_view(PanelState(segment="LV", slices=1))
+    t = TimePanelState(offered=True, segment="LV", frames=40, frame_shown=7)
+    v = time_view(base, t)
+    assert v.time_visible and (v.time_range_max, v.time_last, v.time_note) == (39, 39, "")
+    assert v.status == ("<b>LV</b> through 40 frames: draw a box around the structure on the "
+                        "frame shown")
+    assert not v.enabled["propagate_time"] and not v.enabled["propagate"]
+    t = TimePanelState(offered=True, segment="LV", frames=40, frame_shown=7, prompted=[7],
+                       pending=12, review=["frame 9 · mask vanishes · IoU 0.40 · 0 pixels"],
+                       review_frames=[9], can_undo_apply=True)
+    v = time_view(panel_view(PanelState(segment="LV", slices=1)), t, whole_clip=False)
+    assert v.status.endswith("prompts on frame(s) 7; 12 frame(s) in the preview")
+    assert v.enabled["propagate_time"] and v.enabled["apply"] and v.enabled["undo_time"]
+    assert not v.enabled["propagate"] and not v.enabled["propagate_all"]
+    assert not v.enabled["apply_all"] and v.enabled["next"] and v.review_slices == [9]
+    assert v.time_last is None  # the user's own range is left alone
+    running = TimePanelState(offered=True, frames=40, prompted=[7], pending=3,
+                             propagating=True, progress=(3, 40), can_undo_apply=False)
+    v = time_view(panel_view(PanelState()), running)
+    assert v.enabled["cancel"] and not v.enabled["apply"] and not v.enabled["propagate_time"]
+    assert v.progress_visible and v.progress == (40, 3, "3 / 40 frames")
+
+
+def test_through_time_3d_frames_say_so_and_offer_nothing_else() -> None:
+    t = TimePanelState(offered=True, note="3D frames: use segment --time --phase", frames=10)
+    v = time_view(panel_view(PanelState(segment="liver", prompted=[3], slices=9)), t)
+    assert v.time_visible and v.time_note.startswith("3D frames")
+    assert not v.enabled["propagate_time"] and v.enabled["propagate"]  # slices still work
+    assert time_range(True, 2, 5) == {"first": None, "last": None}
+    assert time_range(False, 2.0, 5.0) == {"first": 2, "last": 5}
+
+
+def test_every_time_enablement_names_a_widget_of_the_options_panel() -> None:
+    t = TimePanelState(offered=True, frames=4, prompted=[1], pending=1)
+    assert set(time_view(panel_view(PanelState()), t).enabled) <= _widget_attributes(
+        "OptionsPanel.py", "OptionsPanel")

@@ -40,13 +40,13 @@ def cine(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture
-def browsed(cine, tmp_path):  # noqa: ANN201
-    """The cine as Slicer loads a cine: a volume sequence, a browser, its proxy volume."""
+def load_cine(app, cine: str, folder, key: int):  # noqa: ANN001, ANN201
+    """The cine as Slicer loads a cine: a volume sequence read by
+    vtkMRMLVolumeSequenceStorageNode, a browser on frame ``key``, its proxy volume.
+    Returns (sequences logic, browser, proxy, frames array)."""
     frames = read_volume(cine)
-    path = write_label_sequence(tmp_path / "echo.seq.nrrd", frames.array, frames,
+    path = write_label_sequence(folder / "echo.seq.nrrd", frames.array, frames,
                                 frame_time_ms=33.333)  # a uint8 4D NRRD of the frames
-    app = slicer_harness.make_scene()
     scene = app.scene
     logic = slicer.vtkSlicerSequencesLogic()
     logic.SetMRMLScene(scene)
@@ -54,18 +54,28 @@ def browsed(cine, tmp_path):  # noqa: ANN201
     sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "echo")
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
     storage.SetFileName(str(path))
-    assert storage.ReadData(sequence) == 1 and sequence.GetNumberOfDataNodes() == FRAMES
+    assert storage.ReadData(sequence) == 1
+    assert sequence.GetNumberOfDataNodes() == frames.array.shape[0]
     browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "echo browser")
     browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
-    browser.SetSelectedItemNumber(KEY)
+    browser.SetSelectedItemNumber(key)
     logic.UpdateProxyNodesFromSequences(browser)
     proxy = browser.GetProxyNode(sequence)
     assert proxy is not None and proxy.IsA("vtkMRMLScalarVolumeNode")
+    return logic, browser, proxy, frames.array
+
+
+@pytest.fixture
+def browsed(cine, tmp_path):  # noqa: ANN201
+    """The cine as Slicer loads a cine: a volume sequence, a browser, its proxy volume."""
+    app = slicer_harness.make_scene()
+    scene = app.scene
+    logic, browser, proxy, array = load_cine(app, cine, tmp_path, KEY)
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "echo segmentation")
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(proxy)
     lv = segmentation.GetSegmentation().AddEmptySegment("LV", "LV")
     other = segmentation.GetSegmentation().AddEmptySegment("other", "other")
-    return scene, logic, browser, proxy, segmentation, lv, other, frames.array
+    return scene, logic, browser, proxy, segmentation, lv, other, array
 
 
 def test_a_box_propagated_through_time_fills_a_segmentation_sequence(

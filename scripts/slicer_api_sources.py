@@ -118,6 +118,10 @@ SOURCES: dict[str, list[Source]] = {
     "slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView": [
         s("Libs/MRML/Core/vtkMRMLLayoutNode.h", r"\bSlicerLayoutOneUpRedSliceView\b\s*=")],
     "slicer.app.layoutManager": [s("Base/QTGUI/qSlicerApplication.h", decl("layoutManager"))],
+    "slicer.modules.sequences.logic": [
+        s("Base/QTCore/qSlicerAbstractCoreModule.h", decl("logic")),
+        s("Modules/Loadable/Sequences/qSlicerSequencesModule.cxx",
+          r"return vtkSlicerSequencesLogic::New\(\);")],
     "slicer.app.slicerUserSettingsFilePath": [s(CORE, decl("slicerUserSettingsFilePath"))],
     "slicer.app.processEvents": [q("QCoreApplication", "processEvents")],
     "slicer.app.connect": [q("QObject", "connect")],
@@ -244,7 +248,8 @@ OWN = {"SegmentEditorEffect": ("activeSliceWidget", "ensureController", "finishB
                                "onCancel", "onDiscard", "onFocusTimer", "onFromSegment", "onJump",
                                "onModality", "onOpacity", "onPreset", "onPropagate", "onTimer",
                                "onUseWindow", "onViewSettled", "pipelineForWidget", "render",
-                               "showMessage"),
+                               "showMessage", "ensureTimeController", "onPropagateTime",
+                               "onUndoTime", "target"),
        "MedSAMSegment": ("registerEditorEffect",),
        "MedSAMSegmentSelfTest": ("configureWorker", "mouse", "waitIdle",
                                  "test_box_propagate_apply_undo")}

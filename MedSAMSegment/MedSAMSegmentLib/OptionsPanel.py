@@ -13,7 +13,15 @@ import qt
 
 from .connections import Connections
 from .panel_state import PanelState
-from .panel_view import message_style, panel_view, propagate_options, review_row
+from .panel_view import (
+    TimePanelState,
+    message_style,
+    panel_view,
+    propagate_options,
+    review_row,
+    time_range,
+    time_view,
+)
 from .source_volume import CT_PRESETS
 
 DIRECTIONS = (("Both directions", "both"), ("Increasing slice numbers", "forward"),
@@ -105,6 +113,39 @@ class OptionsPanel:
         form.addRow(self.progress)
         effect.addOptionsWidget(prop)
 
+        # through time: shown only when the source volume is a sequence browser's proxy
+        self.time_group = ctk.ctkCollapsibleButton()
+        self.time_group.text = "Through time"
+        self.time_group.visible = False
+        tform = qt.QFormLayout(self.time_group)
+        self.time_note = qt.QLabel()
+        self.time_note.wordWrap = True
+        tform.addRow(self.time_note)
+        trange = qt.QHBoxLayout()
+        self.time_whole = qt.QCheckBox("all frames")
+        self.time_whole.checked = True
+        self.time_first = qt.QSpinBox()
+        self.time_last = qt.QSpinBox()
+        for spin in (self.time_first, self.time_last):
+            spin.enabled = False
+        link(self.time_whole, "toggled(bool)", lambda on: self._time_range_enabled(not on))
+        for w in (self.time_whole, qt.QLabel("or frames"), self.time_first, qt.QLabel("to"),
+                  self.time_last):
+            trange.addWidget(w)
+        tform.addRow("Range:", trange)
+        tbuttons = qt.QHBoxLayout()
+        self.propagate_time = qt.QPushButton("Propagate through time")
+        self.propagate_time.toolTip = ("Segment the other frames from the frames with prompts; "
+                                       "scrub the browser to see each frame meanwhile")
+        link(self.propagate_time, "clicked()", actions["propagate_time"])
+        self.undo_time = qt.QPushButton("Undo apply through time")
+        self.undo_time.toolTip = "Take the last Apply back on every frame it wrote"
+        link(self.undo_time, "clicked()", actions["undo_time"])
+        tbuttons.addWidget(self.propagate_time)
+        tbuttons.addWidget(self.undo_time)
+        tform.addRow(tbuttons)
+        effect.addOptionsWidget(self.time_group)
+
         # review
         review = ctk.ctkCollapsibleButton()
         review.text = "Review (least confident slices first)"
@@ -189,6 +230,9 @@ class OptionsPanel:
         return propagate_options(self.direction.currentData, self.whole.checked,
                                  self.first.value, self.last.value, self.stop_empty.value)
 
+    def time_options(self) -> dict:
+        return time_range(self.time_whole.checked, self.time_first.value, self.time_last.value)
+
     def replace(self) -> bool:
         return self.apply_mode.currentData == "replace"
 
@@ -196,8 +240,9 @@ class OptionsPanel:
         self.message.setStyleSheet(message_style(level))
         self.message.text = text
 
-    def refresh(self, s: PanelState) -> None:
-        v = panel_view(s, whole_volume=self.whole.checked)
+    def refresh(self, s: PanelState, t: TimePanelState | None = None) -> None:
+        v = time_view(panel_view(s, whole_volume=self.whole.checked), t or TimePanelState(),
+                      whole_clip=self.time_whole.checked)
         self.status.text = v.status
         for name, on in v.enabled.items():
             getattr(self, name).enabled = on
@@ -211,6 +256,13 @@ class OptionsPanel:
         if v.last_slice is not None:
             self.last.value = v.last_slice
         self.model_window.text = v.model_window
+        self.time_group.visible = v.time_visible
+        self.time_note.text = v.time_note
+        self.time_note.visible = bool(v.time_note)
+        for spin in (self.time_first, self.time_last):
+            spin.setRange(0, v.time_range_max)
+        if v.time_last is not None:
+            self.time_last.value = v.time_last
         was = self.review.blockSignals(True)
         self.review.clear()
         for text in v.review:
@@ -225,6 +277,10 @@ class OptionsPanel:
     def _range_enabled(self, on: bool) -> None:
         self.first.enabled = on
         self.last.enabled = on
+
+    def _time_range_enabled(self, on: bool) -> None:
+        self.time_first.enabled = on
+        self.time_last.enabled = on
 
     def _step(self, delta: int) -> None:
         row = review_row(self.review.currentRow, self.review.count, delta)

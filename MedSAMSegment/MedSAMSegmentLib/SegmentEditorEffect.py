@@ -23,6 +23,7 @@ from MedSAMSegmentLib.interaction import drag_is_box, enter_applies, press_swall
 from MedSAMSegmentLib.OptionsPanel import OptionsPanel
 from MedSAMSegmentLib.panel_state import panel_state
 from MedSAMSegmentLib.source_volume import set_display_window
+from MedSAMSegmentLib.time_controller import TimeController
 
 
 class EffectEditorContext(EditorContext):
@@ -64,6 +65,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.drag = None  # (view widget, start xy) while a box is dragged
         self.lastSliceWidget = None
         self.controller = None
+        self.timeController = None  # prompts on a browser's proxy of 2D frames go here
         self.panel = None
         self.timer = None  # made on first activation (the registered prototype never is)
         self.focusTimer = None  # single shot: the view the user scrolled to has settled
@@ -102,11 +104,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             "cancel": self.onCancel, "apply": self.onApply, "discard": self.onDiscard,
             "jump": self.onJump, "modality": self.onModality, "preset": self.onPreset,
             "use_window": self.onUseWindow, "opacity": self.onOpacity,
+            "propagate_time": self.onPropagateTime, "undo_time": self.onUndoTime,
             "settings": lambda: slicer.util.selectModule("MedSAMSegment")},
             modality=SlicerRuntime.settings().modality)
 
     def activate(self) -> None:
         self.ensureController()
+        self.ensureTimeController()
         if self.timer is None:
             self.timer = qt.QTimer()
             self.timer.setInterval(50)
@@ -149,6 +153,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self.controller is not None:
             self.controller.close()
             self.controller = None
+        if self.timeController is not None:
+            self.timeController.close()
+            self.timeController = None
 
     def setMRMLDefaults(self) -> None:
         pass
@@ -168,10 +175,27 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 settings=Settings(modality=SlicerRuntime.settings().modality))
         return self.controller
 
+    def ensureTimeController(self) -> TimeController:
+        if self.timeController is None:
+            self.timeController = TimeController(
+                EffectEditorContext(self.scriptedEffect), SlicerRuntime.runner(),
+                SlicerRuntime.backend_holder(), slicer.modules.sequences.logic(),
+                on_message=self.showMessage, on_change=self.updateGUIFromMRML,
+                log_file=SlicerRuntime.annotation_log(),
+                settings=Settings(modality=SlicerRuntime.settings().modality))
+        return self.timeController
+
+    def target(self) -> object:
+        """The time controller when the source volume is a browser's proxy of 2D frames."""
+        timeController = self.ensureTimeController()
+        return timeController if timeController.routes_prompts() else self.ensureController()
+
     def onTimer(self) -> None:
         if self.controller is None:
             return
         self.controller.pump()
+        if self.timeController is not None:
+            self.timeController.pump()
         # selecting another segment does not notify effects: follow it here
         node = self.scriptedEffect.parameterSetNode()
         selected = node.GetSelectedSegmentID() if node is not None else None
@@ -225,13 +249,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 pipeline = self.pipelineForWidget(viewWidget)
                 pipeline.add_point(xy, positive)
                 sliceNode = viewWidget.sliceLogic().GetSliceNode()
-                if not self.ensureController().prompt_point(sliceNode, (xy[0], xy[1]), positive):
+                if not self.target().prompt_point(sliceNode, (xy[0], xy[1]), positive):
                     pipeline.clear()  # refused (message shown): don't leave a mark
                 self.render(viewWidget)
             return True
         if eventId == vtk.vtkCommand.KeyPressEvent and callerInteractor.GetKeySym() == "Return":
             # like Draw: Enter applies, when there is something to apply
-            controller = self.ensureController()
+            controller = self.target()
             node = self.scriptedEffect.parameterSetNode()
             obj = controller.object_of(node.GetSelectedSegmentID() if node else None)
             if enter_applies(obj, controller.propagating):
@@ -249,7 +273,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         else:
             pipeline.set_box(start, xy)
             sliceNode = viewWidget.sliceLogic().GetSliceNode()
-            if not self.ensureController().prompt_box(sliceNode, start, (xy[0], xy[1])):
+            if not self.target().prompt_box(sliceNode, start, (xy[0], xy[1])):
                 pipeline.clear()  # refused (message shown): don't leave a box
         self.render(viewWidget)
 
@@ -281,24 +305,33 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if sliceWidget is None:
             self.showMessage("Move the mouse over the slice view to use first.", "warning")
             return
-        self.ensureController().prompt_segment_slice(sliceWidget.sliceLogic().GetSliceNode())
+        self.target().prompt_segment_slice(sliceWidget.sliceLogic().GetSliceNode())
 
     def onPropagate(self, allSegments: bool) -> None:
         self.ensureController().propagate(all_segments=allSegments,
                                           **self.panel.propagate_options())
 
+    def onPropagateTime(self) -> None:
+        self.ensureTimeController().propagate(**self.panel.time_options())
+
+    def onUndoTime(self) -> None:
+        self.ensureTimeController().undo_apply()
+
     def onCancel(self) -> None:
-        self.ensureController().cancel()
+        self.target().cancel()
 
     def onApply(self, allSegments: bool) -> None:
-        self.ensureController().apply(replace=self.panel.replace(), all_segments=allSegments)
+        self.target().apply(replace=self.panel.replace(), all_segments=allSegments)
 
     def onDiscard(self) -> None:
-        self.ensureController().discard()
+        self.target().discard()
         for pipeline in self.pipelines.values():
             pipeline.clear()
 
     def onJump(self, index: int) -> None:
+        if self.target() is self.timeController:
+            self.timeController.jump_to(index)  # the browser shows that frame
+            return
         layout = slicer.app.layoutManager()
         nodes = [layout.sliceWidget(name).sliceLogic().GetSliceNode()
                  for name in layout.sliceViewNames()]
@@ -329,6 +362,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         controller = self.ensureController()
         if controller.preview is not None:
             controller.preview.set_opacity(value)
+        self.ensureTimeController().set_opacity(value)
 
     def activeSliceWidget(self) -> object:
         """The slice view the user last worked in (Red before any)."""
@@ -346,7 +380,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
         node = self.scriptedEffect.parameterSetNode()
         self.shownSegment = node.GetSelectedSegmentID() if node is not None else None
-        self.panel.refresh(panel_state(self.controller, SlicerRuntime.backend_summary()))
+        self.panel.refresh(panel_state(self.controller, SlicerRuntime.backend_summary()),
+                           self.timeController.panel_state() if self.timeController else None)
 
     def updateMRMLFromGUI(self) -> None:
         pass

@@ -23,7 +23,11 @@ class PanelView:
     last_slice: int | None = None  # the "last" spin box follows the volume while "whole"
     model_window: str = ""
     review: list[str] = field(default_factory=list)
-    review_slices: list[int] = field(default_factory=list)
+    review_slices: list[int] = field(default_factory=list)  # slices, or frames through time
+    time_visible: bool = False  # the "Through time" group (time_view)
+    time_note: str = ""
+    time_range_max: int = 0
+    time_last: int | None = None
 
 
 def panel_view(s: PanelState, whole_volume: bool = True) -> PanelView:
@@ -87,3 +91,57 @@ def settings_enabled(busy: bool, cancellable: bool, remote: bool) -> dict[str, b
     return {"installButton": not busy, "checkButton": not busy, "downloadButton": not busy,
             "startButton": not busy, "testButton": not busy and remote,
             "cancelButton": busy and cancellable}
+
+
+@dataclass
+class TimePanelState:
+    """The "Through time" group's state (TimeController.panel_state builds it)."""
+
+    offered: bool = False  # the source volume is a sequence browser's proxy
+    note: str = ""  # why propagation through time is not available here (3D frames)
+    segment: str = ""
+    frames: int = 0
+    frame_shown: int = 0
+    prompted: list[int] = field(default_factory=list)
+    pending: int = 0
+    propagating: bool = False
+    progress: tuple[int, int] | None = None
+    review: list[str] = field(default_factory=list)
+    review_frames: list[int] = field(default_factory=list)
+    can_undo_apply: bool = False
+
+
+def time_view(v: PanelView, t: TimePanelState, whole_clip: bool = True) -> PanelView:
+    """The options frame when the source volume is a browser's proxy: the "Through time"
+    group is shown; with 2D frames, prompts, Apply, Discard, Cancel, progress and Review
+    act on frames, and the slice-wise Propagate buttons are off (a frame has one slice)."""
+    v.time_visible = t.offered
+    if not t.offered:
+        return v
+    v.time_note = t.note
+    v.time_range_max = max(t.frames - 1, 0)
+    v.time_last = t.frames - 1 if whole_clip and t.frames else None
+    if t.note:  # 3D frames: slice-wise segmentation of the frame shown only
+        v.enabled.update(propagate_time=False, undo_time=t.can_undo_apply)
+        return v
+    idle = not t.propagating
+    v.status = (f"<b>{t.segment or 'No segment selected'}</b> through {t.frames} frames: "
+                + (f"prompts on frame(s) {', '.join(map(str, t.prompted))}; "
+                   f"{t.pending} frame(s) in the preview" if t.prompted
+                   else "draw a box around the structure on the frame shown"))
+    v.enabled.update(propagate=False, propagate_all=False, propagate_time=idle and bool(t.prompted),
+                     cancel=t.propagating, apply=idle and t.pending > 0, apply_all=False,
+                     discard=bool(t.prompted) or t.pending > 0, undo_time=t.can_undo_apply,
+                     prev=bool(t.review_frames), next=bool(t.review_frames))
+    v.progress_visible = t.propagating
+    v.progress = None
+    if t.progress is not None:
+        done, total = t.progress
+        v.progress = (max(total, 1), done, f"{done} / {total} frames")
+    v.review, v.review_slices = list(t.review), list(t.review_frames)
+    return v
+
+
+def time_range(whole: bool, first: int, last: int) -> dict:
+    """TimeController.propagate's options from the "Through time" group's widgets."""
+    return {"first": None if whole else int(first), "last": None if whole else int(last)}

@@ -33,6 +33,7 @@ class VolumeUpload:
     modality: str  # "ct" or "mr"
     window: tuple[float, float] | None  # CT (level, width)
     name: str = ""
+    time: bool = False  # frames along the first axis (a time session, axis "t")
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ class ServerSession:
                             "stay as they are.")
             v = self.volume
             self.handle = client.upload(v.array, spacing=v.spacing, modality=v.modality,
-                                        window=v.window, name=v.name)
+                                        window=v.window, name=v.name, time=v.time)
             self._served_by = served_by
             self.server_info = client.info()
             self.uploads += 1

@@ -14,8 +14,8 @@ propagation can be taken back in one step (Slicer's own undo covers the frame sh
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,7 @@ import slicer
 from vtk.util import numpy_support
 
 from .labelmaps import segment_array, to_oriented_image
+from .preview import Preview
 
 
 @dataclass
@@ -153,20 +154,10 @@ def write_frames(logic: slicer.vtkSlicerSequencesLogic, source: TimeSource,
     for frame in masks:
         if not 0 <= frame < len(values):
             raise ValueError(f"frame {frame} is not one of the {len(values)} frames")
-    with _saving_off(source, sequence):
-        return _write(logic, source, sequence, template, segment_id, masks, values)
-
-
-@contextmanager
-def _saving_off(source: TimeSource, sequence: slicer.vtkMRMLSequenceNode) -> Iterator[None]:
-    """While items are written, the proxy's refresh must not be saved back over them
-    (saving of changes copies the proxy into the item of the frame shown)."""
-    saving = source.browser.GetSaveChanges(sequence)
-    source.browser.SetSaveChanges(sequence, False)
-    try:
-        yield
-    finally:
-        source.browser.SetSaveChanges(sequence, saving)
+    # Saving of changes stays on: toggling it makes the browser deep-copy the item of the
+    # frame shown into the proxy that shares its segmentation (a shallow copy while saving),
+    # which empties both. Items are written whole, then the proxy follows them.
+    return _write(logic, source, sequence, template, segment_id, masks, values)
 
 
 def _write(logic: slicer.vtkSlicerSequencesLogic, source: TimeSource,
@@ -212,19 +203,18 @@ def restore_frames(logic: slicer.vtkSlicerSequencesLogic, source: TimeSource,
         source.proxy)
     empty = to_oriented_image(np.zeros((1, 1, 1), np.uint8), reference,
                               (slice(0, 1), slice(0, 1), slice(0, 1)))
-    with _saving_off(source, sequence):
-        for value, item in before.items.items():
-            if item is None:
-                current = sequence.GetDataNodeAtValue(value)
-                if current is None:
-                    continue
-                item = slicer.vtkMRMLSegmentationNode()
-                item.GetSegmentation().DeepCopy(current.GetSegmentation())
-                slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                    empty, item, before.segment_id,
-                    slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
-            sequence.SetDataNodeAtValue(item, value)
-        logic.UpdateProxyNodesFromSequences(source.browser)
+    for value, item in before.items.items():
+        if item is None:
+            current = sequence.GetDataNodeAtValue(value)
+            if current is None:
+                continue
+            item = slicer.vtkMRMLSegmentationNode()
+            item.GetSegmentation().DeepCopy(current.GetSegmentation())
+            slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                empty, item, before.segment_id,
+                slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        sequence.SetDataNodeAtValue(item, value)
+    logic.UpdateProxyNodesFromSequences(source.browser)
 
 
 def sequence_masks(source: TimeSource, sequence: slicer.vtkMRMLSequenceNode,
@@ -247,3 +237,113 @@ def frames_with(source: TimeSource, sequence: slicer.vtkMRMLSequenceNode,
     """Frames whose item holds voxels of the segment (what the review queue lists)."""
     masks = sequence_masks(source, sequence, segment_id)
     return [int(n) for n in np.flatnonzero(masks.any(axis=(1, 2)))]
+
+
+def frame_slices(source: TimeSource) -> int:
+    """Slices per frame (1: 2D frames such as a cine or an echo clip; more: a 4D CT)."""
+    image = source.proxy.GetImageData()
+    return int(image.GetDimensions()[2]) if image is not None else 0
+
+
+def bind_preview(logic: slicer.vtkSlicerSequencesLogic, source: TimeSource,
+                 preview_node: slicer.vtkMRMLSegmentationNode) -> slicer.vtkMRMLSequenceNode:
+    """The preview segmentation as a proxy of the source's browser, one item per frame with
+    a result, so scrubbing or playing the browser shows each frame's preview (Slicer does
+    it, whether the effect is active or not). Saving of changes is off (the preview is a
+    view: edits of it are not kept) and a frame without an item shows an empty preview,
+    not the previous frame's. Neither the sequence nor the preview is saved with the scene."""
+    existing = source.browser.GetSequenceNode(preview_node)
+    if existing is not None:
+        return existing
+    sequence = logic.AddSynchronizedNode(None, preview_node, source.browser)
+    if sequence is None:
+        raise ValueError(f"the browser {source.browser.GetName()} refused the preview's sequence")
+    sequence.SetHideFromEditors(True)
+    sequence.SetSaveWithScene(False)
+    source.browser.SetSaveChanges(sequence, False)
+    source.browser.SetMissingItemMode(sequence,
+                                      slicer.vtkMRMLSequenceBrowserNode.MissingItemSetToDefault)
+    return sequence
+
+
+def unbind_preview(source: TimeSource, sequence: slicer.vtkMRMLSequenceNode | None) -> None:
+    """Take the preview's sequence out of the browser and the scene."""
+    if sequence is None or sequence.GetScene() is None:
+        return
+    source.browser.RemoveSynchronizedSequenceNode(sequence.GetID())
+    sequence.GetScene().RemoveNode(sequence)
+
+
+def items_digest(source: TimeSource, sequence: slicer.vtkMRMLSequenceNode,
+                 frames: Iterable[int]) -> dict[int, dict[str, str]]:
+    """Each frame's item as {segment id: digest of its mask} ({} without an item): whether
+    a frame was edited since."""
+    reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
+        source.proxy)
+    values = source.index_values()
+    out = {}
+    for frame in frames:
+        item = sequence.GetDataNodeAtValue(values[frame])
+        segments = item.GetSegmentation().GetSegmentIDs() if item is not None else []
+        out[frame] = {sid: hashlib.sha256(np.packbits(segment_array(item, sid, reference))).hexdigest()
+                      for sid in segments}
+    return out
+
+
+def edited_frames(source: TimeSource, applied: AppliedWrite) -> list[int]:
+    """Frames whose item changed since ``applied`` wrote it (restoring would lose that)."""
+    now = items_digest(source, applied.sequence, applied.written)
+    return [frame for frame, written in applied.written.items() if now[frame] != written]
+
+
+@dataclass
+class TimeContext:
+    """The clip the current time session was made from."""
+
+    key: tuple[str, str, int, str]  # browser, frames' sequence, frames, segmentation ids
+    source: TimeSource
+    segmentation: slicer.vtkMRMLSegmentationNode
+    reference: slicer.vtkOrientedImageData  # one frame's grid (the proxy's)
+    shape: tuple[int, int, int]  # (frames, rows, columns)
+
+
+@dataclass
+class AppliedWrite:
+    """The last Apply through time, for ``undo_apply``."""
+
+    segment_id: str
+    sequence: slicer.vtkMRMLSequenceNode
+    before: FramesBefore
+    written: dict[int, dict[str, str]]  # items_digest right after the write
+
+
+class TimePreview:
+    """The preview of a clip: a hidden segmentation (preview.py) bound to the clip's browser
+    (``bind_preview``), one item per frame with a result, written as results stream in."""
+
+    def __init__(self, logic: slicer.vtkSlicerSequencesLogic, clip: TimeContext,
+                 preview: Preview) -> None:
+        self.logic, self.clip, self.preview = logic, clip, preview
+        self.sequence: slicer.vtkMRMLSequenceNode | None = None
+        self.template = slicer.vtkSegmentation()  # one segment per object, named and coloured
+
+    @property
+    def node(self) -> slicer.vtkMRMLSegmentationNode | None:
+        return self.preview.node
+
+    def write(self, segment_id: str, masks: Mapping[int, np.ndarray]) -> None:
+        """Make the preview of ``segment_id`` on each frame of ``masks`` exactly that mask."""
+        clip = self.clip
+        if self.template.GetSegment(segment_id) is None:
+            self.preview.show(segment_id, np.zeros((1, *clip.shape[1:]), bool), clip.reference)
+            self.template.CopySegmentFromSegmentation(self.preview.node.GetSegmentation(),
+                                                      segment_id)
+        if self.sequence is None:
+            self.sequence = bind_preview(self.logic, clip.source, self.preview.node)
+        write_frames(self.logic, clip.source, self.sequence, self.template, segment_id, masks)
+
+    def drop(self) -> None:
+        """Remove the preview, its sequence and its place in the browser."""
+        unbind_preview(self.clip.source, self.sequence)
+        self.preview.clear()
+        self.sequence = None
