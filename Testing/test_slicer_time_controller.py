@@ -291,3 +291,80 @@ def test_8_undo_of_apply_is_refused_after_an_edit(h) -> None:
     write_frames(h.logic, source, sequence, segment_template(h.seg), h.other, {4: edit})
     assert not h.ctl.undo_apply() and "4" in h.last("error")
     np.testing.assert_array_equal(sequence_masks(source, sequence, h.lv), obj.mask)
+
+
+def test_9_close_takes_the_preview_out_of_the_browser(h) -> None:
+    preview_sequence = h.ctl.preview.sequence
+    assert preview_sequence is not None and h.browser.IsSynchronizedSequenceNodeID(
+        preview_sequence.GetID(), True)
+    node = h.ctl.preview.node
+    h.ctl.close()
+    assert not h.app.scene.IsNodePresent(node) and not h.app.scene.IsNodePresent(
+        preview_sequence)
+    assert h.ctl.preview is None and h.ctl.state is None
+
+
+def test_3d_frames_are_segmented_slice_by_slice_and_say_how_to_go_through_time(h) -> None:
+    app = slicer_harness.make_scene()
+    logic = slicer.vtkSlicerSequencesLogic()
+    logic.SetMRMLScene(app.scene)
+    logic.SetMRMLApplicationLogic(app.app_logic)
+    sequence = app.scene.AddNewNodeByClass("vtkMRMLSequenceNode", "4D CT")
+    for n in range(2):
+        phase = app.volume_from_array(np.full((3, 8, 8), n), np.eye(4), f"phase {n}")
+        sequence.SetDataNodeAtValue(phase, str(n))
+        app.scene.RemoveNode(phase)
+    browser = app.scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    logic.UpdateProxyNodesFromSequences(browser)
+    proxy = browser.GetProxyNode(sequence)
+    seg, node, editor = app.editor(proxy)
+    node.SetSelectedSegmentID(app.add_segment(seg, "liver"))
+    messages = []
+    ctl = TimeController(LogicEditorContext(editor), h.runner, lambda: h.backend, logic,
+                         on_message=lambda text, level: messages.append(text))
+    assert ctl.offered() and not ctl.routes_prompts()  # boxes stay on the slice path
+    t = ctl.panel_state()
+    assert "medsam-server segment --time --phase" in t.note and t.frames == 2
+    v = time_view(panel_view(PanelState(segment="liver", prompted=[1], slices=3)), t)
+    assert v.time_visible and v.time_note == t.note
+    assert not v.enabled["propagate_time"] and v.enabled["propagate"]
+    assert not ctl.propagate() and messages[-1].startswith("The frames of this sequence are 3D")
+    assert ctl.session is None and ctl.preview is None  # nothing uploaded, nothing made
+
+
+def test_frames_review_flags_a_vanishing_mask_and_an_area_jump_first() -> None:
+    from MedSAMSegmentLib.annotation import AnnotationState
+    from MedSAMSegmentLib.time_frames import review_frames
+
+    state = AnnotationState((6, 10, 10))
+    obj = state.object_for("lv", "k")
+    sizes = {0: 16, 1: 16, 2: 0, 3: 16, 4: 64, 5: 0}  # vanishes at 2, jumps at 4, ends at 5
+    ious = {0: 0.9, 1: 0.5, 2: 0.8, 3: 0.7, 4: 0.95, 5: 0.6}
+    for f, n in sizes.items():
+        mask = np.zeros((10, 10), bool)
+        mask.flat[:n] = True
+        state.apply_slice(obj, "k", f, mask, ious[f], 1.0)
+    flags = review_frames(obj)
+    assert [(fl.frame, fl.reason) for fl in flags[:2]] == [(2, "mask vanishes"),
+                                                          (4, "area jumps")]
+    assert [fl.frame for fl in flags[2:]] == [1, 3, 0]  # then lowest IoU; the end is not flagged
+    assert review_frames(obj, limit=1)[0].frame == 2
+
+
+def test_frames_go_as_uint8_none_or_read_by_their_modality() -> None:
+    from MedSAMSegmentLib.time_frames import FramesError, frames_upload
+
+    grey = np.zeros((3, 4, 5), np.uint8)
+    up = frames_upload(grey, "echo", "ct", (40.0, 400.0))
+    assert (up.modality, up.window, up.time, up.array is grey) == ("none", None, True, True)
+    rgb = np.zeros((3, 4, 5, 3), np.uint8)
+    assert frames_upload(rgb, "echo", "auto", None).modality == "none"
+    ct = np.full((3, 4, 5), -1000, np.int16)
+    assert (frames_upload(ct, "cine", "auto", (40.0, 400.0)).modality,
+            frames_upload(ct, "cine", "auto", (40.0, 400.0)).window) == ("ct", (40.0, 400.0))
+    mr = np.full((3, 4, 5), 300, np.int16)
+    assert (frames_upload(mr, "cine", "auto", (40.0, 400.0)).modality,
+            frames_upload(mr, "cine", "auto", (40.0, 400.0)).window) == ("mr", None)
+    with pytest.raises(FramesError, match="uint8 RGB"):
+        frames_upload(np.zeros((3, 4, 5, 3), np.float32), "x", "auto", None)

@@ -341,6 +341,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onModality(self, value: str) -> None:
         SlicerRuntime.update_settings(modality=value)
         self.ensureController().use_view_window(modality=value)
+        self.ensureTimeController().settings.modality = value  # read at the next clip's upload
 
     def onPreset(self, level: float, width: float) -> None:
         source = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
