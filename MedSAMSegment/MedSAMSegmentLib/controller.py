@@ -148,7 +148,7 @@ class Controller:
                     self.state.remove(segment_id)
                 raise
         except (UserError, GeometryError, AnnotationError, MedSAMError, ValueError) as exc:
-            self.on_message(_text(exc), "warning")
+            self.on_message(error_text(exc), "warning")
             return False
         if changed := window_change(self.ctx.source_volume_node(), self.volume.upload):
             self.on_message(changed, "info")
@@ -201,7 +201,7 @@ class Controller:
             if self.propagating:
                 raise UserError("a propagation is already running: wait or Cancel it")
         except (UserError, MedSAMError, ValueError) as exc:
-            self.on_message(_text(exc), "warning")
+            self.on_message(error_text(exc), "warning")
             return False
         by_axis: dict[str, list[ObjectState]] = {}
         for obj in objs:
@@ -489,11 +489,12 @@ class Controller:
             self.on_message(f"cannot write the annotation log {self.log.path}: {exc}", "warning")
 
     def _error(self, exc: BaseException) -> None:
-        self.on_message(_text(exc), "error")
+        self.on_message(error_text(exc), "error")
         self.on_change()
 
 
-def _text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """The line the panel shows for EXC: the server's own message where it sent one."""
     text = exc.message if isinstance(exc, MedSAMError) else str(exc)
     return text[:1].upper() + text[1:] if text else type(exc).__name__
 

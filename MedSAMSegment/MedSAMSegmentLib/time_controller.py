@@ -28,7 +28,7 @@ from medsam_client.client import MedSAMError, slice_mask
 from .annotation import AnnotationError, AnnotationState, ObjectState
 from .annotation_log import AnnotationLog, prompt_fields
 from .backend import Backend
-from .controller import REDRAW_INTERVAL_S, Message, Settings, UserError, _text
+from .controller import REDRAW_INTERVAL_S, Message, Settings, UserError, error_text
 from .editor import EditorContext
 from .geometry import GeometryError, SliceFrame, box_on_slice, point_on_slice
 from .labelmaps import segment_array
@@ -194,7 +194,7 @@ class TimeController:
                     self.state.remove(segment_id)
                 raise
         except (UserError, GeometryError, AnnotationError, MedSAMError, ValueError) as exc:
-            self.on_message(_text(exc), "warning")
+            self.on_message(error_text(exc), "warning")
             return False
         if segment_id not in self._templates:  # names, colours, terminology as they are now
             self._templates[segment_id] = segment_template(clip.segmentation)
@@ -244,7 +244,7 @@ class TimeController:
                       and (last is None or f <= last)]
             lo, hi = frame_range(n, (inside or starts)[0], first, last)
         except (UserError, MedSAMError, ValueError) as exc:
-            self.on_message(_text(exc), "warning")
+            self.on_message(error_text(exc), "warning")
             return False
         op = PropagateOp((obj.object_id,), "t", "both", lo, hi, 0)
         session, state = self.session, self.state
@@ -347,7 +347,7 @@ class TimeController:
                                   self._templates[obj.segment_id], obj.segment_id,
                                   {f: obj.mask[f] for f in frames})
         except ValueError as exc:
-            self.on_message(_text(exc), "error")
+            self.on_message(error_text(exc), "error")
             return 0
         self.applied = AppliedWrite(obj.segment_id, sequence, before,
                                     items_digest(clip.source, sequence, frames))
@@ -492,5 +492,5 @@ class TimeController:
             self.on_message("Session restored; the server's results equal yours.", "info")
 
     def _error(self, exc: BaseException) -> None:
-        self.on_message(_text(exc), "error")
+        self.on_message(error_text(exc), "error")
         self.on_change()

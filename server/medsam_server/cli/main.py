@@ -78,8 +78,9 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
                    help="propagate both ways from the key slice (default) or one way only "
                         "(MedSAM2's video recipe is forward)")
     p.add_argument("--phase", type=int,
-                   help="with --time on a 4D file (3D + time): the key phase, segmented in 3D "
-                        "from the prompts, then carried to the other phases (docs/video.md)")
+                   help="with --time on a 4D file or a DICOM folder of phases (3D + time): the key "
+                        "phase, segmented in 3D from the prompts, then carried to the other "
+                        "phases (docs/video.md)")
     p.add_argument("--server", metavar="URL",
                    help="run on a medsam-server service instead of in this process")
     p.add_argument("--token", help="bearer token for --server (default $MEDSAM_TOKEN)")
@@ -172,7 +173,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     # every cheap check first: a typo costs no model load and no upload
     specs = _objects_from_args(args)
     if args.phase is not None and not args.time:
-        raise PromptError("--phase needs --time (3D + time: a 4D file)")
+        raise PromptError("--phase needs --time (3D + time: a 4D file or a DICOM folder of phases)")
     if args.time:
         from .frames import cmd_segment_frames
         from .phases import cmd_segment_phases, image_dimension
