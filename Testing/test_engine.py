@@ -122,6 +122,18 @@ def test_correction_repropagates_only_while_the_result_changes(engine: Engine, v
     assert report.slices == [5, 6, 4]
 
 
+def test_a_wider_range_goes_on_past_where_the_last_run_stopped(engine: Engine, vol: np.ndarray,
+                                                                segmented: Session) -> None:
+    session = Session(engine, vol)
+    session.add_prompt(1, "k", KEY, Prompt(box=BOX))
+    first = session.propagate(1, first=KEY - 1, last=KEY + 1)
+    assert sorted(first.slices) == [KEY - 1, KEY, KEY + 1]  # premise: a part of the volume
+    # the range's edges come out unchanged; converging there would leave the rest untracked
+    report = session.propagate(1, start=KEY, converge_iou=0.0)
+    assert sorted(report.slices) == list(range(vol.shape[0]))
+    np.testing.assert_array_equal(session.mask(1), segmented.mask(1))
+
+
 def test_points_refine_the_current_slice(engine: Engine, vol: np.ndarray) -> None:
     session = Session(engine, vol[:2])
     first = session.add_prompt(1, "k", 0, Prompt(box=BOX))

@@ -34,6 +34,7 @@ from .engine import Engine, StepOutput, upsample_logits
 from .features import return_freed_memory, tensor_nbytes, tensors_nbytes
 from .preprocess import axis_index, is_colour, model_input, slice_shape
 from .prompts import Prompt, PromptError, check_slice_prompt, merge_points
+from .propagation import PropagationPlan, PropagationReport, mask_iou, tracked_through
 from .undo import SliceBefore, UndoEntry, UndoReport
 
 Direction = Literal["both", "forward", "backward"]
@@ -49,36 +50,6 @@ class SliceResult:
     mask: np.ndarray  # bool, slice shape
     iou: float
     object_score: float
-
-
-@dataclass
-class PropagationReport:
-    object_id: int
-    axis: str
-    slices: list[int]  # slices reported (prompted start slices too), in finishing order
-    cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class PropagationPlan:
-    """What a propagation will do: along ``axis``, from ``starts``, within first..last."""
-
-    axis: str
-    starts: tuple[int, ...]
-    first: int
-    last: int
-    steps: tuple[int, ...]  # +1 forward, -1 backward
-
-    @property
-    def max_slices(self) -> int:
-        """Slices it may report at most (fewer when a stop condition ends a pass early)."""
-        reach: set[int] = set()
-        for s in self.starts:
-            if 1 in self.steps:
-                reach.update(range(s, self.last + 1))
-            if -1 in self.steps:
-                reach.update(range(self.first, s + 1))
-        return len(reach)
 
 
 @dataclass
@@ -361,8 +332,9 @@ class Session:
             empty_run = empty_run + 1 if out.object_score <= 0.5 else 0
             if stop_after_empty and empty_run >= stop_after_empty:
                 break
-            if old is not None and _iou(old, result.mask) >= converge_iou:
-                break
+            if (old is not None and mask_iou(old, result.mask) >= converge_iou
+                    and tracked_through(state.prompts, tracked_before, index, step, end)):
+                break  # unchanged, and every slice after it already has its result
 
     def release_features(self) -> int:
         """Drop every cached slice feature (they are encoded again if needed) and give the
@@ -490,10 +462,3 @@ class Session:
 
 def _kind(prompt: Prompt) -> str:
     return "mask" if prompt.is_mask else "box" if prompt.box is not None else "points"
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    if union == 0:
-        return 1.0
-    return np.count_nonzero(a & b) / union
