@@ -13,18 +13,14 @@ import unittest
 
 import qt
 import slicer
+
+# the module's folder is on sys.path before this file runs (ctkFactoryScriptedItem::load)
+from MedSAMSegmentLib.help_text import LICENCES, MODULE_HELP, python_too_old
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-
-LICENCES = (
-    "The MedSAMSegment code is licensed Apache-2.0. The MedSAM2 model weights "
-    "(<a href=\"https://huggingface.co/wanglab/MedSAM2\">wanglab/MedSAM2</a>, downloaded on "
-    "first use, not bundled) are licensed "
-    "<a href=\"https://creativecommons.org/licenses/by-sa/4.0/\">CC-BY-SA-4.0</a>; MedSAM2 is "
-    "by Jun Ma, Bo Wang et al. (arXiv:2504.03600), built on Meta's SAM 2 (Apache-2.0).")
 
 
 class MedSAMSegment(ScriptedLoadableModule):
@@ -34,11 +30,7 @@ class MedSAMSegment(ScriptedLoadableModule):
         parent.categories = ["Segmentation"]
         parent.dependencies = ["Segmentations"]
         parent.contributors = ["MedSAMSegment developers"]
-        parent.helpText = (
-            "Draw a box on one slice and get the structure segmented through the whole "
-            "volume by MedSAM2, then correct it and propagate again. Use it in the Segment "
-            "Editor: effect <b>MedSAM2</b>. This panel sets up where the model runs (a local "
-            "worker on this computer, or a team's server) and the model weights.")
+        parent.helpText = MODULE_HELP
         parent.acknowledgementText = LICENCES
         slicer.app.connect("startupCompleted()", self.registerEditorEffect)
         # Loaded after start-up (Extension Wizard): startupCompleted() has been emitted
@@ -49,10 +41,9 @@ class MedSAMSegment(ScriptedLoadableModule):
             qt.QTimer.singleShot(0, self.registerEditorEffect)
 
     def registerEditorEffect(self) -> None:
-        if sys.version_info < (3, 10):  # noqa: UP036 -- older Slicers run Python 3.9
-            logging.error("MedSAMSegment needs Slicer 5.10 or newer (Python >= 3.10); this "
-                          "Slicer has Python %d.%d. The MedSAM2 effect is not registered.",
-                          *sys.version_info[:2])
+        refused = python_too_old(sys.version_info)
+        if refused is not None:
+            logging.error(refused)
             return
         # setPythonSource(".../MedSAMSegmentLib/SegmentEditorEffect.py") instantiates the
         # attribute "SegmentEditorEffect" of the module named after the folder: it must be

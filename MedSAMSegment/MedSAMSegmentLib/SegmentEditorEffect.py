@@ -84,18 +84,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon(path) if os.path.exists(path) else qt.QIcon()
 
     def helpText(self) -> str:
-        return ("<html>Segment a structure through the whole volume with MedSAM2.<p><ul>"
-                "<li><b>Left-drag</b> in a slice view: box around the structure; its mask "
-                "appears at once in the preview.</li>"
-                "<li><b>+ Point / − Point</b> mode, <b>left-click</b>: add or remove a region "
-                "on that slice.</li>"
-                "<li><b>Propagate</b>: segment the other slices; <b>Cancel</b> stops it within a "
-                "slice.</li>"
-                "<li>Correct any slice with a box or points (or Paint, then 'Use this slice of "
-                "the segment'), propagate again: only the changed range is recomputed.</li>"
-                "<li><b>Apply</b> (or <b>Enter</b>) writes the preview into the segment, "
-                "honouring masking and overwrite settings; Undo restores it.</li></ul>"
-                "Clicks with Shift, Ctrl or Alt are left to Slicer.</html>")
+        from MedSAMSegmentLib.help_text import effect_help  # tested against the panel's controls
+
+        return effect_help()
 
     # ---- life cycle ----------------------------------------------------------------
     def setupOptionsFrame(self) -> None:

@@ -12,12 +12,12 @@ import qt
 import slicer
 
 from MedSAMSegmentLib import interaction
+from MedSAMSegmentLib import settings as stored
 from MedSAMSegmentLib.annotation_log import AnnotationLog
-from MedSAMSegmentLib.settings import BackendHolder, Settings, SettingsStore, load, log_folder, save
+from MedSAMSegmentLib.settings import BackendHolder, Settings, SettingsStore, log_folder
 from MedSAMSegmentLib.tasks import TaskRunner
 
 _state = {}
-BACKEND_FIELDS = ("backend", "python", "checkpoint", "device", "server_url", "token", "log_dir")
 
 
 class QtSettingsStore(SettingsStore):
@@ -32,7 +32,7 @@ class QtSettingsStore(SettingsStore):
 
 def settings() -> Settings:
     """The settings as saved (main thread: reads QSettings)."""
-    current = load(QtSettingsStore())
+    current = stored.load(QtSettingsStore())
     _state["snapshot"] = (current, log_folder(current, default_log_dir()))
     return current
 
@@ -47,13 +47,9 @@ def snapshot() -> tuple[Settings, Path]:
 
 def update_settings(**changes: str) -> Settings:
     """Save changed settings; a change that affects the backend rebuilds it on next use."""
-    current = settings()
-    changed = {k for k, v in changes.items() if getattr(current, k) != v}
-    for key, value in changes.items():
-        setattr(current, key, value)
-    save(QtSettingsStore(), current)
+    current, changed = stored.update(QtSettingsStore(), **changes)
     settings()  # refresh the snapshot
-    if changed & set(BACKEND_FIELDS) and "holder" in _state:
+    if stored.rebuilds_backend(changed) and "holder" in _state:
         _state["holder"].reset()
     return current
 

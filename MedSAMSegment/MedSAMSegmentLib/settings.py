@@ -112,6 +112,37 @@ def save(store: SettingsStore, settings: Settings) -> None:
         store.set(f"{GROUP}/{f.name}", str(getattr(settings, f.name)))
 
 
+# fields whose change means another backend (a local worker started with other arguments,
+# another server): the shared backend is rebuilt on its next use
+BACKEND_FIELDS = frozenset(("backend", "python", "checkpoint", "device", "server_url", "token",
+                            "log_dir"))
+
+
+def update(store: SettingsStore, **changes: str) -> tuple[Settings, set[str]]:
+    """Save ``changes`` over the stored settings; returns them and the fields that changed.
+
+    An unknown field or a value that is not text is refused before anything is written.
+    """
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    not_text = sorted(k for k, v in changes.items() if not isinstance(v, str))
+    if not_text:
+        raise ValueError(f"setting(s) {', '.join(not_text)} must be text")
+    current = load(store)
+    changed = {k for k, v in changes.items() if getattr(current, k) != v}
+    for key, value in changes.items():
+        setattr(current, key, value)
+    save(store, current)
+    return current, changed
+
+
+def rebuilds_backend(changed: set[str]) -> bool:
+    """Does a change of these fields need a new backend?"""
+    return bool(changed & BACKEND_FIELDS)
+
+
 def log_folder(settings: Settings, default: Path) -> Path:
     return Path(settings.log_dir) if settings.log_dir else default
 
