@@ -3,16 +3,22 @@
 Inputs, frame index first in every array:
 - a multi-frame DICOM file (Ultrasound Multi-frame, XA/XRF, Enhanced MR/CT), read with
   pydicom: YBR and RGB colour is decoded to RGB (the way SAM2 sees video), monochrome frames
-  stay grey; pixel spacing from Pixel Spacing, or from the first ultrasound region
-  (Physical Delta X/Y in cm); frame timing from Frame Time or Frame Time Vector;
+  stay grey, rescaled (Rescale Slope/Intercept, or an enhanced file's Pixel Value
+  Transformation, shared or per frame); pixel spacing from Pixel Spacing, an enhanced file's
+  Pixel Measures (shared or per frame), or the first ultrasound region (Physical Delta X/Y
+  in cm); frame timing from Frame Time or Frame Time Vector;
 - a video file (MP4, AVI, MOV, MKV, e.g. endoscopy), decoded with PyAV to RGB frames; its
   timing from the stream's average frame rate; no pixel spacing;
+- a DICOM folder of one series whose instances all lie at one position (a cine MR exported
+  one instance per frame), read by ``dicom_cine``: frames in trigger time order, rescaled;
 - a 3D NRRD/NIfTI/MHA (or a DICOM series folder) whose SimpleITK array axis k is the frame
-  index, read by ``volumes.read_volume`` with its own grid.
+  index, read by ``volumes.read_volume`` with its own grid. A DICOM folder whose slice
+  positions repeat over time (a multi-slice cine, phases) is 3D + time and refused here.
 
 ``Frames.grid`` is the grid label files are written on: the input's own for a 3D file; for
-frames of a DICOM file or a video, (columns, rows, frames) with the pixel spacing (1 mm
-where unknown) and 1.0 between frames, at the origin, with identity directions.
+frames of a DICOM file, a DICOM cine folder or a video, (columns, rows, frames) with the
+pixel spacing (1 mm where unknown) and 1.0 between frames, at the origin, with identity
+directions.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .dicom_cine import holds_dicom_cine, read_dicom_cine
+from .dicom_phases import holds_dicom_phases
 from .volumes import Volume, VolumeError, read_volume
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -38,6 +46,7 @@ class Frames:
     frame_time_ms: float | None  # None where the file does not say
     spacing_mm: tuple[float, float] | None  # (column, row) pixel spacing, None if unknown
     kind: str  # "dicom", "video" or "volume"
+    timing: str | None = None  # what the frame time came from, where not the usual field
 
     @property
     def colour(self) -> bool:
@@ -55,7 +64,8 @@ class Frames:
             parts.append(f"{self.spacing_mm[0]:.3g} x {self.spacing_mm[1]:.3g} mm pixels")
         if self.frame_time_ms:
             parts.append(f"{self.frame_time_ms:.4g} ms a frame "
-                         f"({1000.0 / self.frame_time_ms:.3g} fps)")
+                         f"({1000.0 / self.frame_time_ms:.3g} fps)"
+                         + (f" from {self.timing}" if self.timing else ""))
         return ", ".join(parts)
 
 
@@ -69,6 +79,14 @@ def read_frames(path: str | os.PathLike) -> Frames:
         frames = _read_video(p)
     elif p.is_file() and (name.endswith(DICOM_SUFFIXES) or _is_dicom(p)):
         frames = _read_dicom_frames(p)
+    elif p.is_dir() and holds_dicom_cine(p):
+        cine = read_dicom_cine(p)
+        frames = Frames(cine.pixels, frame_grid(cine.pixels, cine.spacing_mm, str(p)),
+                        cine.frame_time_ms, cine.spacing_mm, "dicom", cine.timing)
+    elif p.is_dir() and holds_dicom_phases(p):
+        # ITK's series reader would stack every instance by position, mixing times
+        raise VolumeError(f"{p}: its DICOM slice positions repeat over time (a multi-slice "
+                          "cine or phases: 3D + time); name the key phase with --phase P")
     else:
         volume = read_volume(p)  # 2D, 4D and 5D images are refused there
         frames = Frames(volume.array, volume, None, volume.spacing[:2], "volume")
@@ -117,18 +135,52 @@ def _read_dicom_frames(p: Path) -> Frames:
         raise VolumeError(f"{p}: unexpected pixel array {pixels.shape} for {frames} frames")
     if samples == 3 and pixels.dtype != np.uint8:
         raise VolumeError(f"{p}: colour frames of {pixels.dtype}; only 8-bit colour is supported")
+    if samples == 1:
+        pixels = _rescale(ds, pixels)
     spacing = _dicom_spacing(ds)
     grey = luma(pixels) if samples == 3 else pixels
     return Frames(np.ascontiguousarray(pixels), frame_grid(grey, spacing, str(p)),
                   _dicom_frame_time(ds), spacing, "dicom")
 
 
+def _rescale(ds: object, pixels: np.ndarray) -> np.ndarray:
+    """Stored values → modality values (HU for CT), as ITK's reader does for a series:
+    Rescale Slope/Intercept, or an enhanced file's Pixel Value Transformation (shared, or
+    per frame). Float32 where a rescale changes the values, the stored array otherwise."""
+    def pair(item: object) -> tuple[float, float] | None:
+        if item is None or "RescaleSlope" not in item or "RescaleIntercept" not in item:
+            return None
+        return (float(item.RescaleSlope),  # type: ignore[attr-defined]
+                float(item.RescaleIntercept))  # type: ignore[attr-defined]
+
+    def transform(group: object) -> object:
+        seq = getattr(group, "PixelValueTransformationSequence", None)
+        return seq[0] if seq else None
+
+    shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
+    one = pair(ds) or pair(transform(shared[0]) if shared else None)
+    per_frame = [pair(transform(g)) for g in getattr(ds, "PerFrameFunctionalGroupsSequence", [])]
+    if one is not None:
+        slopes, intercepts = np.float32(one[0]), np.float32(one[1])
+    elif any(per_frame):
+        if None in per_frame or len(per_frame) != len(pixels):
+            raise VolumeError(f"{getattr(ds, 'filename', 'the file')}: some frames state a "
+                              "rescale (Pixel Value Transformation), others do not")
+        slopes, intercepts = (np.array(v, dtype=np.float32)[:, None, None]
+                              for v in zip(*per_frame, strict=True))
+    else:
+        return pixels
+    if np.all(slopes == 1) and np.all(intercepts == 0):
+        return pixels
+    return pixels.astype(np.float32) * slopes + intercepts
+
+
 def _dicom_spacing(ds: object) -> tuple[float, float] | None:
-    """(column, row) spacing in mm: Pixel Spacing, else the first ultrasound region's."""
+    """(column, row) spacing in mm: Pixel Spacing, else the enhanced file's functional
+    groups', else the first ultrasound region's."""
     ps = getattr(ds, "PixelSpacing", None)
-    shared = getattr(ds, "SharedFunctionalGroupsSequence", None)  # enhanced multi-frame
-    if ps is None and shared and getattr(shared[0], "PixelMeasuresSequence", None):
-        ps = getattr(shared[0].PixelMeasuresSequence[0], "PixelSpacing", None)
+    if ps is None:
+        ps = _functional_spacing(ds)
     if ps is not None and len(ps) == 2:
         return float(ps[1]), float(ps[0])  # Pixel Spacing is (row, column)
     regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
@@ -139,6 +191,22 @@ def _dicom_spacing(ds: object) -> tuple[float, float] | None:
                 r, "PhysicalUnitsYDirection", None):
             return float(r.PhysicalDeltaX) * 10.0, float(r.PhysicalDeltaY) * 10.0
     return None
+
+
+def _functional_spacing(ds: object) -> tuple | None:
+    """Pixel Spacing from an enhanced file's Pixel Measures: shared by all frames, or stated
+    per frame (PS3.3 C.7.6.16: the macro may sit in either sequence), then one for all."""
+    shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
+    if shared and getattr(shared[0], "PixelMeasuresSequence", None):
+        return getattr(shared[0].PixelMeasuresSequence[0], "PixelSpacing", None)
+    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or []
+    found = {tuple(float(v) for v in group.PixelMeasuresSequence[0].PixelSpacing)
+             for group in per_frame if getattr(group, "PixelMeasuresSequence", None)
+             and "PixelSpacing" in group.PixelMeasuresSequence[0]}
+    if len(found) > 1:
+        raise VolumeError(f"{getattr(ds, 'filename', 'the file')}: its frames state "
+                          f"{len(found)} different pixel spacings; frames of one grid have one")
+    return found.pop() if found else None
 
 
 def _dicom_frame_time(ds: object) -> float | None:
