@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..engine import ObjectSpec, PreprocessError, PromptError, check_slice_prompt
+from ..io.dicom_cine import holds_dicom_cine
 from ..io.dicom_phases import holds_dicom_phases, read_dicom_phases
 from ..io.phases import check_phases_output, read_phases, write_phase_labels
 from ..io.volumes import VolumeError
@@ -28,7 +29,8 @@ def image_dimension(path: str) -> int | None:
 
     p = Path(path)
     if p.is_dir():
-        return 4 if holds_dicom_phases(p) else None
+        # a cine at one position repeats its one position too, but is 2D + time
+        return 4 if holds_dicom_phases(p) and not holds_dicom_cine(p) else None
     if not p.is_file() or not p.name.lower().endswith(SPATIAL_SUFFIXES):
         return None
     reader = sitk.ImageFileReader()
@@ -50,6 +52,9 @@ def cmd_segment_phases(args: argparse.Namespace, specs: list[ObjectSpec]) -> int
         raise PromptError("--time runs in this process; --server does not take phases yet")
     if args.window is not None and args.modality != "ct":
         raise PreprocessError("--window is only used with --modality ct")
+    if Path(args.input).is_dir() and holds_dicom_cine(args.input):
+        raise PromptError(f"{args.input}: a DICOM cine at one slice position is 2D + time: "
+                          "give the key frame with --frame F, without --phase")
     out = check_phases_output(args.output)
     phases = read_dicom_phases(args.input) if Path(args.input).is_dir() else \
         read_phases(args.input)
