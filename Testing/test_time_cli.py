@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from conftest import ERROR_PREFIX, cli, shared
 from medsam_server.engine import Engine, Prompt, Session
 from medsam_server.io.frames import read_frames
+from medsam_server.io.volumes import VolumeError
 
 BOX = ("225", "95", "325", "225")  # SOURCES.md's approximate LV box on the cropped frames
 FRAMES = 5
@@ -125,6 +126,49 @@ def test_multiframe_dicoms_are_read_with_spacing_and_timing(tmp_path):
     ds.SharedFunctionalGroupsSequence = Sequence([group])
     ds.save_as(tmp_path / "enhanced.dcm")
     assert read_frames(tmp_path / "enhanced.dcm").spacing_mm == (0.7, 0.8)
+
+
+def test_enhanced_mr_spacing_and_rescale_from_per_frame_functional_groups(tmp_path):
+    """The real 10-frame Enhanced MR has no functional groups (pydicom-data strips them); an
+    enhanced file may state Pixel Measures and Pixel Value Transformation per frame instead
+    of shared (PS3.3 C.7.6.16), and has no top-level Pixel Spacing: both must be found."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(shared("dicom_smoke/emri_small_multiframe_MR.dcm"))
+    assert "PixelSpacing" not in ds and "SharedFunctionalGroupsSequence" not in ds
+    assert "RescaleSlope" not in ds  # the premise: only the groups below state either
+    stored = ds.pixel_array.astype(np.float32)
+
+    def groups(spacing: list[str], slope: float) -> Dataset:
+        measures, transform, group = Dataset(), Dataset(), Dataset()
+        measures.PixelSpacing = spacing
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = \
+            slope, -5, "US"
+        group.PixelMeasuresSequence = Sequence([measures])
+        group.PixelValueTransformationSequence = Sequence([transform])
+        return group
+
+    ds.PerFrameFunctionalGroupsSequence = Sequence(
+        [groups(["0.9", "0.6"], 1.0 + f) for f in range(10)])
+    ds.save_as(tmp_path / "per_frame.dcm")
+    frames = read_frames(tmp_path / "per_frame.dcm")
+    assert frames.spacing_mm == (0.6, 0.9) and frames.grid.spacing == (0.6, 0.9, 1.0)
+    slopes = np.arange(1.0, 11.0, dtype=np.float32)[:, None, None]
+    np.testing.assert_allclose(frames.pixels, stored * slopes - 5)
+    shared_only = pydicom.dcmread(tmp_path / "per_frame.dcm")
+    del shared_only.PerFrameFunctionalGroupsSequence
+    shared_only.SharedFunctionalGroupsSequence = Sequence([groups(["0.4", "0.3"], 3.0)])
+    shared_only.save_as(tmp_path / "shared.dcm")
+    frames = read_frames(tmp_path / "shared.dcm")
+    assert frames.spacing_mm == (0.3, 0.4)
+    np.testing.assert_allclose(frames.pixels, stored * 3 - 5)
+    # frames that disagree on their pixel spacing are not one grid
+    ds.PerFrameFunctionalGroupsSequence[3] = groups(["0.9", "0.7"], 4.0)
+    ds.save_as(tmp_path / "two_spacings.dcm")
+    with pytest.raises(VolumeError, match="2 different pixel spacings"):
+        read_frames(tmp_path / "two_spacings.dcm")
 
 
 @pytest.mark.parametrize("case, says", [
