@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 from MedSAMSegmentLib.help_text import LICENCES, effect_help, python_too_old
-from MedSAMSegmentLib.install import InstallCancelled, InstallError
+from MedSAMSegmentLib.install import (
+    InstallCancelled,
+    InstallError,
+    bundled_server_version,
+    inspect_python,
+    plan_install,
+)
 from MedSAMSegmentLib.interaction import enter_applies
 from MedSAMSegmentLib.settings import BackendHolder, DictStore, Settings, load, save, update
 from MedSAMSegmentLib.settings_flow import (
@@ -195,6 +201,10 @@ def test_install_needs_a_python_and_saves_nothing_without_one(panel):
 
 
 def test_install_into_the_repo_python_skips_every_step_and_resets_the_backend(panel, tmp_path):
+    # premise: the repo's Python has the bundled worker, so every step's check passes
+    # (otherwise this would pip-install for real)
+    assert inspect_python(PY, expected_version=bundled_server_version()).ok
+    steps = plan_install(PY, work_dir=tmp_path / "logs" / "install")
     p = panel(default_python=PY)
     p.flow.install("", "  ")  # empty: Slicer's Python (here the repo's), torch "auto"
     assert p.saved.python == PY and p.views[-1].enabled["cancelButton"]
@@ -203,8 +213,8 @@ def test_install_into_the_repo_python_skips_every_step_and_resets_the_backend(pa
     assert v.message == f"The local worker is installed in {PY}. Log: {log}"
     assert v.level == "info" and p.resets == 1 and idle_and_enabled(v)
     bars = [w.progress for w in p.views if w.progress[0]]
-    assert [b[1] for b in bars] == sorted(b[1] for b in bars) and bars[-1][0] == 5
-    assert bars[-1][2].startswith("step 5 of 5: Install medsam-server")
+    assert [b[1] for b in bars] == sorted(b[1] for b in bars) and bars[-1][0] == len(steps)
+    assert bars[-1][2] == f"step {len(steps)} of {len(steps)}: {steps[-1].title}"
     assert v.worker == "skipped: already installed (its check passes)"
     assert "light_the_torch" in log.read_text() or "light-the-torch" in log.read_text()
     assert (tmp_path / "logs" / "install" / "state.json").is_file()
