@@ -53,7 +53,8 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a volume from a box on one slice",
                        description="Segment a 3D volume with MedSAM2 from a box on one slice.")
     p.add_argument("input", help="NIfTI, NRRD, MHA file or a DICOM series folder; with --time "
-                   "also a multi-frame DICOM file or a video (MP4, AVI, MOV, MKV)")
+                   "also a multi-frame DICOM file, a DICOM cine folder (one position), a "
+                   "video (MP4, AVI, MOV, MKV), or with --phase a 4D file or DICOM phases")
     p.add_argument("-o", "--output", required=True,
                    help="output mask: .nii.gz, .nrrd or .seg.nrrd (on the input's grid); with "
                         "--time also .seq.nrrd (a volume sequence, as 3D Slicer loads one)")
