@@ -256,7 +256,7 @@ def test_a_new_client_switches_off_what_an_old_server_lacks(old_server: str) -> 
     client = MedSAMClient(old_server, "t")
     session = client.upload(np.zeros((2, 4, 4), np.uint8))
     assert session.session_id == "s1"
-    assert len(client.notes) == 4  # lease, undo, focus, time
+    assert len(client.notes) == 5  # lease, undo, focus, time, phases
     assert any("has no session leases" in n for n in client.notes)
     assert any("cannot take back prompts" in n for n in client.notes)
     assert any("does not encode slices ahead" in n for n in client.notes)

@@ -28,7 +28,6 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,8 @@ from .errors import (  # noqa: F401  (SESSION_GONE, JOB_GONE: part of this modul
     reason,
 )
 from .heartbeat import Heartbeat
+from .phases import WITHOUT_PHASES, PhasesMixin
+from .volumes import SessionHandle, volume_meta, window_tuple, wire_volume
 
 log = logging.getLogger(__name__)
 Timeout = tuple[float, float]
@@ -57,19 +58,8 @@ _WITHOUT = {
     "focus": "does not encode slices ahead while you scroll (boxes wait for the encoder)",
     "time": "has no time sessions: grey frames go as a volume (frame = slice k), colour "
             "frames cannot be sent",
+    "phases": WITHOUT_PHASES,
 }
-
-
-@dataclass
-class SessionHandle:
-    """A server session holding one uploaded volume."""
-
-    session_id: str
-    shape: tuple[int, int, int]
-    volume_sha256: str
-    modality: str = "ct"
-    window: tuple[float, ...] | None = None
-    time: bool = False  # frames along the first axis (axis "t")
 
 
 def slice_mask(update: P.SliceUpdate) -> np.ndarray:
@@ -90,30 +80,7 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _wire_volume(volume: np.ndarray, time: bool = False) -> np.ndarray:
-    """The volume as a dtype the protocol accepts (int64/float16 etc. are converted)."""
-    a = np.asarray(volume)
-    if time and a.ndim == 4:
-        if a.shape[3] != 3 or a.dtype != np.uint8:
-            raise MedSAMError(f"colour frames must be uint8 (frames, rows, columns, 3) RGB, got "
-                              f"{a.dtype} {a.shape}")
-        return a
-    if a.ndim != 3:
-        raise MedSAMError(f"a volume must be 3D (k, j, i), got shape {a.shape}")
-    if a.dtype.name in P.VOLUME_DTYPES:
-        return a
-    if a.dtype == np.bool_:
-        return a.astype(np.uint8)
-    if np.issubdtype(a.dtype, np.integer) and a.size:
-        info = np.iinfo(np.int32)
-        if info.min <= a.min() and a.max() <= info.max:
-            return a.astype(np.int32)
-    if np.issubdtype(a.dtype, np.floating):
-        return a.astype(np.float32 if a.dtype.itemsize <= 4 else np.float64)
-    raise MedSAMError(f"voxel type {a.dtype} cannot be sent; use one of {P.VOLUME_DTYPES}")
-
-
-class MedSAMClient:
+class MedSAMClient(PhasesMixin):
     """One medsam-server at ``url`` (e.g. ``http://127.0.0.1:8765``), bearer ``token``.
 
     ``timeout`` = (connect, read) seconds for every call; uploads read up to
@@ -201,8 +168,8 @@ class MedSAMClient:
         (frames, rows, columns, 3) with modality "none", in one upload; prompt and propagate
         them along axis "t". A server without the "time" capability gets grey frames as a
         volume (axis "t" is sent as "k"); colour frames need the capability."""
-        vol = _wire_volume(volume, time)
-        return self._upload(vol, _volume_meta(vol, P.sha256_array(vol), spacing, origin,
+        vol = wire_volume(volume, time)
+        return self._upload(vol, volume_meta(vol, P.sha256_array(vol), spacing, origin,
                                               direction, modality, window, name, time))
 
     def ensure_session(self, volume: np.ndarray, **kwargs: Any) -> SessionHandle:
@@ -212,11 +179,11 @@ class MedSAMClient:
         and a changed volume, modality or window all lead to a fresh upload; the
         replaced session is closed.
         """
-        vol = _wire_volume(volume, kwargs.get("time", False))
-        meta = _volume_meta(vol, P.sha256_array(vol), **kwargs)
+        vol = wire_volume(volume, kwargs.get("time", False))
+        meta = volume_meta(vol, P.sha256_array(vol), **kwargs)
         last = self._last
         if last is not None and (last.volume_sha256, last.modality, last.window, last.time) == (
-                meta.sha256, meta.modality, _tuple(meta.window), meta.time):
+                meta.sha256, meta.modality, window_tuple(meta.window), meta.time):
             try:
                 info = self.session_info(last)
                 if info.state == "ready" and info.volume_sha256 == meta.sha256:
@@ -238,7 +205,7 @@ class MedSAMClient:
                                   "segment colour frames", code=UNSUPPORTED)
             meta.time = False  # grey frames: a volume whose slices k are the frames
         body = P.to_json(meta)
-        for name in ("lease", "time"):
+        for name in ("lease", "time", "phases", "key_phase"):
             if not body[name]:
                 del body[name]  # a server without the capability never sees the field
         created = self._call(P.SessionInfo, "POST", "/sessions", json=body)
@@ -254,8 +221,9 @@ class MedSAMClient:
         except MedSAMError:  # don't leave an empty session holding a slot on the server
             self.close_session(created.session_id, quiet=True)
             raise
-        return SessionHandle(info.session_id, tuple(info.shape),  # type: ignore[arg-type]
-                             info.volume_sha256, meta.modality, _tuple(meta.window), meta.time)
+        return SessionHandle(info.session_id, tuple(info.shape), info.volume_sha256,
+                             meta.modality, window_tuple(meta.window), meta.time,
+                             meta.key_phase if meta.phases else None)
 
     def _upload_encoding(self) -> P.Encoding:
         """Our best encoding if the server has it too, else zlib (both always have it)."""
@@ -286,21 +254,28 @@ class MedSAMClient:
                box: Sequence[float] | None = None,
                points: Sequence[Sequence[float]] | None = None,
                point_labels: Sequence[int] | None = None,
-               mask: np.ndarray | None = None) -> P.SliceUpdate:
-        """Prompt one slice; returns that slice's new mask (see ``slice_mask``)."""
+               mask: np.ndarray | None = None, phase: int | None = None) -> P.SliceUpdate:
+        """Prompt one slice; returns that slice's new mask (see ``slice_mask``).
+        ``phase``: the phase of a 3D + time session the slice lies in (its key phase)."""
         pts = [[float(x), float(y)] for x, y in (points or [])]
         labels = [int(v) for v in point_labels] if point_labels is not None else [1] * len(pts)
         req = P.PromptRequest(
             object_id=int(object_id), axis=self._wire_axis(axis), index=int(index),
             box=None if box is None else [float(v) for v in box], points=pts,
             point_labels=labels,
-            mask=None if mask is None else P.encode_array(np.asarray(mask, dtype=bool)))
-        return self._call(P.SliceUpdate, "POST", f"/sessions/{_sid(session)}/prompt",
-                          json=P.to_json(req))
+            mask=None if mask is None else P.encode_array(np.asarray(mask, dtype=bool)),
+            phase=None if phase is None else int(phase))
+        body = P.to_json(req)
+        if req.phase is None:
+            del body["phase"]  # a server without "phases" never sees the field
+        return self._call(P.SliceUpdate, "POST", f"/sessions/{_sid(session)}/prompt", json=body)
 
-    def object_mask(self, session: SessionHandle | str, object_id: int) -> np.ndarray:
-        """The object's bool mask over the whole volume."""
-        om = self._call(P.ObjectMask, "GET", f"/sessions/{_sid(session)}/objects/{object_id}/mask")
+    def object_mask(self, session: SessionHandle | str, object_id: int,
+                    phase: int | None = None) -> np.ndarray:
+        """The object's bool mask over the whole volume; of a 3D + time session: in
+        ``phase`` (k, j, i), or in every phase (phases, k, j, i) when None."""
+        om = self._call(P.ObjectMask, "GET", f"/sessions/{_sid(session)}/objects/{object_id}/mask",
+                        params=None if phase is None else {"phase": int(phase)})
         try:
             return P.uncrop_mask(om.mask)
         except P.CodecError as exc:
@@ -467,22 +442,6 @@ class MedSAMClient:
                                   f"not JSON ({resp.text[:80]!r}); is it a medsam-server?",
                                   status=resp.status_code, code="bad_response") from None
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _volume_meta(vol: np.ndarray, sha: str, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                 origin: Sequence[float] = (0.0, 0.0, 0.0),
-                 direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
-                 modality: P.Modality = "ct", window: Sequence[float] | None = None,
-                 name: str = "", time: bool = False) -> P.VolumeMeta:
-    return P.VolumeMeta(shape=list(vol.shape), dtype=vol.dtype.name, sha256=sha,
-                        spacing=[float(v) for v in spacing], origin=[float(v) for v in origin],
-                        direction=[float(v) for v in direction], modality=modality,
-                        window=None if window is None else [float(v) for v in window],
-                        name=str(name), time=bool(time))
-
-
-def _tuple(window: list[float] | None) -> tuple[float, ...] | None:
-    return None if window is None else tuple(window)
 
 
 def _sid(session: SessionHandle | str) -> str:

@@ -19,6 +19,7 @@ HTTP API (all but /health need ``Authorization: Bearer <token>``):
   POST   /sessions/{sid}/prompt    PromptRequest   → SliceUpdate (that slice's mask at once)
   POST   /sessions/{sid}/propagate PropagateRequest→ JobInfo
   GET    /sessions/{sid}/objects/{oid}/mask        → ObjectMask (3D, cropped, with offset)
+         ...?phase=P                               → that phase's 3D mask  [capability "phases"]
   POST   /sessions/{sid}/objects/{oid}/undo        → Undone  [capability "undo"]
   POST   /sessions/{sid}/focus     FocusRequest    → Focused (202: queued)  [capability "focus"]
   DELETE /sessions/{sid}/objects/{oid}             → Deleted
@@ -71,8 +72,12 @@ PROTOCOL_VERSION = 1
 #          only the decoder);
 #   time:  a session over frames (VolumeMeta.time: 2D + time, grey (frames, rows, columns)
 #          or colour (frames, rows, columns, 3) uint8 RGB); prompts, propagation and focus
-#          name the frame axis "t" (the array's first axis), and its updates say "t".
-CAPABILITIES = ("lease", "undo", "focus", "time")
+#          name the frame axis "t" (the array's first axis), and its updates say "t";
+#   phases: 3D + time (VolumeMeta.phases: shape (phases, k, j, i), one grid, one upload):
+#          prompts and spatial propagation on VolumeMeta.key_phase along k/j/i as a 3D
+#          session; propagation along "t" carries the key phase's slice masks to the other
+#          phases; every SliceUpdate names its ``phase``; masks per phase (?phase=P).
+CAPABILITIES = ("lease", "undo", "focus", "time", "phases")
 
 # Error codes (ErrorBody.error) clients act on; one name per condition.
 SESSION_GONE = "session_gone"
@@ -317,6 +322,10 @@ class VolumeMeta:
     # capability "time": frames along the first axis (shape (frames, rows, columns), or
     # (frames, rows, columns, 3) for uint8 RGB colour frames, which are not windowed)
     time: bool = False
+    # capability "phases": 3D + time, shape (phases, k, j, i), every phase on the grid of
+    # spacing/origin/direction; prompts go on ``key_phase`` (not with ``time``)
+    phases: bool = False
+    key_phase: int = 0
 
 
 @dataclass
@@ -359,6 +368,9 @@ class PromptRequest:
     points: list[list[float]] = field(default_factory=list)
     point_labels: list[int] = field(default_factory=list)
     mask: EncodedArray | None = None
+    # capability "phases": the phase the slice lies in (None: the key phase, the only one
+    # prompts may go on; naming it guards against a box drawn on another phase)
+    phase: int | None = None
 
 
 @dataclass
@@ -371,6 +383,8 @@ class SliceUpdate:
     iou: float
     object_score: float
     mask: CroppedMask
+    # capability "phases": the phase of a 3D + time session the slice lies in (else None)
+    phase: int | None = None
 
 
 @dataclass

@@ -205,8 +205,9 @@ def create_app(config: ServiceConfig, engine: Engine | Callable[[], Engine], *,
         return service.focus(s, req)
 
     @api.get("/sessions/{sid}/objects/{oid}/mask", response_model=ObjectMask)
-    def object_mask(oid: int, s: SessionDep) -> ObjectMask:  # sync: runs in the threadpool
-        return service.object_mask(s, oid)
+    def object_mask(oid: int, s: SessionDep,
+                    phase: int | None = None) -> ObjectMask:  # sync: runs in the threadpool
+        return service.object_mask(s, oid, phase)  # phase: capability "phases"
 
     @api.post("/sessions/{sid}/objects/{oid}/undo", response_model=Undone)
     async def undo(oid: int, s: SessionDep) -> Undone:

@@ -51,6 +51,7 @@ from .config import ServiceConfig
 from .errors import BadInput, ObjectNotFound, SessionGone, TooManyObjects, Unavailable, WrongState
 from .focus import FocusWork
 from .jobs import Job, JobStore
+from .phases_axis import carry_object, check_phase, check_prompt_phase, key_slices, time_targets
 from .sessions import ServiceSession, SessionRegistry
 from .time_axis import engine_axis, wire_undone, wire_update
 from .worker import ModelWorker
@@ -165,6 +166,7 @@ class Service:
     def prompt(self, s: ServiceSession, req: PromptRequest) -> Future:
         """Queue a prompt ahead of propagation work; the Future gives its SliceUpdate."""
         es = self._ready(s)
+        check_prompt_phase(s.meta, req)  # 3D + time: on the key phase only
         req = dataclasses.replace(req, axis=engine_axis(s.meta, req.axis))
         prompt = prompt_from_request(req, es)
 
@@ -182,7 +184,10 @@ class Service:
 
         return self._submit_claimed(s, run)
 
-    def object_mask(self, s: ServiceSession, object_id: int) -> ObjectMask:
+    def object_mask(self, s: ServiceSession, object_id: int,
+                    phase: int | None = None) -> ObjectMask:
+        """The object's mask; a 3D + time session's in ``phase``, or in all its phases."""
+        check_phase(s.meta, phase, "the mask request")
         es = self._ready(s)
         self._require_object(s, es, object_id)
         try:
@@ -190,6 +195,8 @@ class Service:
         except PromptError:  # deleted by another request since the check above
             self._require_object(s, es, object_id)
             raise
+        if s.phases is not None:
+            mask = s.phases.mask(object_id, mask, phase)
         return ObjectMask(object_id, crop_mask(mask, RESPONSE_ENCODING))
 
     def delete_object(self, s: ServiceSession, object_id: int) -> Future:
@@ -200,6 +207,8 @@ class Service:
             self._still_open(s)
             self._require_object(s, es, object_id)
             es.remove_object(object_id)
+            if s.phases is not None:  # and what it carried to the other phases
+                s.phases.drop_object(object_id)
             return Deleted(str(object_id))
 
         return self._submit_claimed(s, run)
@@ -217,6 +226,8 @@ class Service:
                                  f"{self.config.undo_depth} prompts of an object can be "
                                  "taken back)")
             report = es.undo(object_id)
+            if report.object_removed and s.phases is not None:
+                s.phases.drop_object(object_id)
             rows_cols = es.slice_shape(report.axis)
             updates = []
             for index in report.slices:
@@ -305,7 +316,9 @@ class Service:
         """Plan the job on the worker (the engine Session's objects are the worker's),
         then queue it; the Future gives its JobInfo, or the reason it was refused."""
         es = self._ready(s)
-        req = dataclasses.replace(req, axis=engine_axis(s.meta, req.axis))
+        along_t = s.phases is not None and req.axis == "t"  # to a 3D + time session's phases
+        if not along_t:
+            req = dataclasses.replace(req, axis=engine_axis(s.meta, req.axis))
         if not req.object_ids:
             raise BadInput("object_ids is empty: name the objects to propagate")
         if len(set(req.object_ids)) != len(req.object_ids):
@@ -315,13 +328,13 @@ class Service:
 
         def plan() -> JobInfo:  # on the worker, holding the plan's own claim
             self._still_open(s)
-            axes, total = self._plan(s, es, req)
+            axes, total = self._plan_time(s, es, req) if along_t else self._plan(s, es, req)
             job = self.jobs.new(s.session_id, req, axes, total)
             s.work.claim_job(job)  # busy or closed: refused, and the job never existed
             # from here on the job releases its own claim when it ends or is cancelled
             self.jobs.add(job)
             try:
-                self.worker.submit(lambda: self._run_job(s, es, job), urgent=False,
+                self.worker.submit(lambda: self._run_job(s, es, job, along_t), urgent=False,
                                    tag=s.session_id)
             except Unavailable:  # shutting down: this job never runs
                 job.cancel()  # releases its claim
@@ -348,30 +361,54 @@ class Service:
             total += plan.max_slices
         return axes, total
 
-    def _run_job(self, s: ServiceSession, es: Session, job: Job) -> None:
+    def _plan_time(self, s: ServiceSession, es: Session, req: PropagateRequest
+                   ) -> tuple[dict[int, str], int]:
+        """On the worker: a 3D + time propagation along t (phases_axis; BadInput: a 400).
+        At most one update per (phase reached, slice holding the object in the key phase)."""
+        assert s.phases is not None
+        targets = time_targets(s.phases, req)
+        total = 0
+        for oid in req.object_ids:
+            self._require_object(s, es, oid)
+            total += len(targets) * len(key_slices(es.mask(oid), oid))
+        return dict.fromkeys(req.object_ids, "t"), total
+
+    def _run_job(self, s: ServiceSession, es: Session, job: Job, along_t: bool = False) -> None:
         """On the worker thread: the objects one after the other, updates as they come."""
         if not job.start():
             return  # cancelled while queued; already released
         req = job.request
 
-        def progress(result: SliceResult) -> None:
-            job.add_update(wire_update(s.meta, slice_update(result)))
+        def send(update: SliceUpdate) -> None:
+            job.add_update(update)
             # server-side work: keeps the session from idling, never renews the lease
             self.sessions.touch(s.session_id, client=False)
             self.worker.run_urgent(skip_tag=s.session_id)  # other users' prompts go first
 
+        def progress(result: SliceResult) -> None:
+            send(wire_update(s.meta, slice_update(result)))
+
+        def carried(phase: int, z: int, result: SliceResult) -> None:  # slice z of a phase
+            send(dataclasses.replace(slice_update(result), axis="k", index=z, phase=phase))
+
         try:
             cancelled = False
             for oid in req.object_ids:
-                cancelled = job.cancel_event.is_set() or es.propagate(
-                    oid, job.axes[oid], direction=req.direction, start=req.start,
-                    first=req.first, last=req.last, stop_after_empty=req.stop_after_empty,
-                    converge_iou=req.converge_iou, progress=progress, cancel=job.cancel_event,
-                ).cancelled
+                if job.cancel_event.is_set():
+                    cancelled = True
+                elif along_t:
+                    assert s.phases is not None
+                    cancelled = carry_object(es, s.phases, oid, req, carried, job.cancel_event)
+                else:
+                    cancelled = es.propagate(
+                        oid, job.axes[oid], direction=req.direction, start=req.start,
+                        first=req.first, last=req.last, stop_after_empty=req.stop_after_empty,
+                        converge_iou=req.converge_iou, progress=progress,
+                        cancel=job.cancel_event).cancelled
                 if cancelled:
                     break
             job.finish("cancelled" if cancelled else "done")
-        except (PromptError, PreprocessError) as exc:
+        except (PromptError, PreprocessError, BadInput) as exc:
             job.finish("failed", ErrorBody("bad_input", str(exc)))
         except Exception:
             log.exception("job %s failed", job.job_id)

@@ -47,6 +47,7 @@ from ..engine import Engine, Session, window_to_uint8
 from .claims import SessionWork
 from .config import ServiceConfig
 from .errors import BadInput, OutOfMemory, SessionGone, TooLarge, TooManySessions, WrongState
+from .phases_axis import PhaseStore, check_phases_meta, window_phases
 from .time_axis import check_time_meta, is_colour
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ class ServiceSession:
     last_seen: float  # lease clock: the last word from the client
     lease: bool = False  # the client heartbeats; closed when it falls silent
     session: Session | None = None  # the engine session, once the volume is uploaded
+    # 3D + time (capability "phases"): every phase and the carried masks; ``session`` is
+    # the key phase's
+    phases: PhaseStore | None = None
     uploading: bool = False
     work: SessionWork = field(init=False)
 
@@ -69,6 +73,7 @@ class ServiceSession:
 
     def _free(self) -> None:  # closed and no work left: the memory goes now
         self.session = None
+        self.phases = None
 
     @property
     def closed(self) -> bool:
@@ -101,7 +106,12 @@ class ServiceSession:
         if es is None:
             upload = array_nbytes(self.meta.shape, self.meta.dtype) if self.uploading else 0
             return {**dict.fromkeys(MEMORY_KINDS, 0), "uploads": upload}
-        return {**es.memory(), "uploads": 0}
+        held = {**es.memory(), "uploads": 0}
+        store = self.phases
+        if store is not None:  # the other phases and their carried masks
+            for key, value in store.memory().items():
+                held[key] += value
+        return held
 
 
 # what ServiceSession.memory reports, upload aside (Session.memory's keys)
@@ -112,7 +122,9 @@ def check_meta(meta: VolumeMeta, config: ServiceConfig) -> None:
     """Refuse a VolumeMeta that could never be uploaded, before any voxel is sent."""
     if meta.dtype not in VOLUME_DTYPES:
         raise BadInput(f"dtype {meta.dtype!r} is not supported; use one of {VOLUME_DTYPES}")
-    check_time_meta(meta)  # 3 sizes (k, j, i), or frames (capability "time")
+    check_phases_meta(meta)  # (phases, k, j, i) and its key phase (capability "phases")
+    if not meta.phases:
+        check_time_meta(meta)  # 3 sizes (k, j, i), or frames (capability "time")
     if meta.encoding not in available_encodings():
         raise BadInput(f"encoding {meta.encoding!r} is not available here; "
                        f"use one of {available_encodings()}")
@@ -252,8 +264,13 @@ class SessionRegistry:
         try:
             volume = decode_volume(body, s.meta)
             window = tuple(s.meta.window) if s.meta.window is not None else None
+            store = None
             if is_colour(s.meta):  # RGB frames go to the model as they are (uint8)
                 volume_u8 = volume
+            elif s.meta.phases:  # one mapping for every phase; the key phase is the session's
+                store = PhaseStore(window_phases(volume, lambda v: window_to_uint8(
+                    v, s.meta.modality, window)), s.meta.key_phase)  # type: ignore[arg-type]
+                volume_u8 = store.key_volume
             else:
                 volume_u8 = window_to_uint8(volume, s.meta.modality, window)  # type: ignore[arg-type]
             del volume
@@ -261,7 +278,7 @@ class SessionRegistry:
             with self.lock:
                 if s.closed:
                     raise SessionGone(f"session {s.session_id} was closed during the upload")
-                s.session = session
+                s.session, s.phases = session, store
                 s.uploading = False
                 s.last_used = self.clock()
         finally:

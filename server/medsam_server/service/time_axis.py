@@ -47,6 +47,9 @@ def engine_axis(meta: VolumeMeta, axis: str | None) -> str | None:
     """The engine's axis for a request's axis (None: the object's own, left to the engine)."""
     if axis is None:
         return None
+    if meta.phases and axis == "t":  # capability "phases" (phases_axis.py)
+        raise BadInput("a 3D + time session is prompted and focused on its key phase along k, "
+                       "j or i; axis t is for propagating to the other phases")
     if not meta.time:
         if axis == "t":
             raise BadInput("axis 't' names the frames of a time session; this session holds a "
@@ -58,11 +61,16 @@ def engine_axis(meta: VolumeMeta, axis: str | None) -> str | None:
 
 
 def wire_update(meta: VolumeMeta, update: SliceUpdate) -> SliceUpdate:
-    """The update as the wire names it: frames of a time session along "t"."""
+    """The update as the wire names it: frames of a time session along "t"; a 3D + time
+    session's key phase named (its other phases' updates name theirs: phases_axis.py)."""
+    if meta.phases:
+        return dataclasses.replace(update, phase=meta.key_phase)
     return dataclasses.replace(update, axis="t") if meta.time and update.axis == "k" else update
 
 
 def wire_undone(meta: VolumeMeta, undone: Undone) -> Undone:
+    if meta.phases:
+        return dataclasses.replace(undone, updates=[wire_update(meta, u) for u in undone.updates])
     if not meta.time:
         return undone
     return dataclasses.replace(undone, axis="t",
