@@ -158,7 +158,8 @@ def test_health_and_info(server: LiveServer, random_checkpoint: Path) -> None:
     assert {"volumes", "features", "masks", "undo", "total", "budget"} <= set(info.memory)
     assert info.limits["max_upload_bytes"] == 1024 << 20
     assert info.limits["idle_timeout_s"] == 1800 and info.limits["max_wait_s"] == 30
-    assert info.limits["lease_timeout_s"] == 60 and set(info.capabilities) == {"lease", "undo", "focus", "time"}
+    assert info.limits["lease_timeout_s"] == 60
+    assert set(info.capabilities) == {"lease", "undo", "focus", "time", "phases"}
     assert info.replica == "" and info.warm_start_s > 0  # serve warms up by default
     assert any("warm start: a dummy prompt and tracking step on cpu took" in line
                for line in server.log)
