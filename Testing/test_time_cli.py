@@ -176,7 +176,7 @@ def test_enhanced_mr_spacing_and_rescale_from_per_frame_functional_groups(tmp_pa
     ("one_frame_volume", "one frame"),
     ("frame_out_of_range", "frame 99"),
     ("other_axis", "frame axis is k"),
-    ("with_server", "--server"),
+    ("unreachable_server", "cannot reach medsam-server at http://127.0.0.1:9"),
     ("four_d", "4D"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(case, says, cine, tmp_path):
@@ -192,8 +192,8 @@ def test_bad_input_exits_2_and_writes_nothing(case, says, cine, tmp_path):
         args[3] = 99
     elif case == "other_axis":
         args += ["--axis", "j"]
-    elif case == "with_server":
-        args += ["--server", "http://127.0.0.1:9"]
+    elif case == "unreachable_server":  # --time --server: test_time_remote.py
+        args += ["--server", "http://127.0.0.1:9", "--quiet"]
     elif case == "four_d":
         four = tmp_path / "four.nii.gz"
         sitk.WriteImage(sitk.Image([4, 4, 3, 2], sitk.sitkUInt8), str(four))

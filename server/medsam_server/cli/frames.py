@@ -3,7 +3,8 @@
 The frame index plays the slice's role (axis k). The recipe is MedSAM2's video one
 (``medsam2_infer_video.py``: prompt the key frame, propagate forward) with both directions as
 the default (``--direction``). No 3D largest-component step: along time a structure's
-frames are not one object in space (the video recipe has none either).
+frames are not one object in space (the video recipe has none either). With ``--server``
+the same uint8 frames go to the service as one time session (``remote.segment_frames_remote``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..engine import ObjectSpec, PreprocessError, PromptError, check_slice_prompt
-from ..io.frames import read_frames
+import numpy as np
+
+from ..engine import ObjectSpec, PreprocessError, PromptError
+from ..io.frames import check_frame_prompt, frames_u8, read_frames
 from ..io.sequences import SUFFIX as SEQUENCE_SUFFIX
 from ..io.volumes import VolumeError, check_output_path
 
@@ -27,8 +30,6 @@ def cmd_segment_frames(args: argparse.Namespace, specs: list[ObjectSpec]) -> int
         check_output_path(out)
     elif not out.parent.is_dir():
         raise VolumeError(f"{out}: output folder {out.parent} does not exist")
-    if args.server:
-        raise PromptError("--time runs in this process; --server does not take frames yet")
     if args.window is not None and args.modality != "ct":
         raise PreprocessError("--window is only used with --modality ct")
     for spec in specs:
@@ -36,14 +37,17 @@ def cmd_segment_frames(args: argparse.Namespace, specs: list[ObjectSpec]) -> int
             raise PromptError(f"{spec.name}: with --time the frame axis is k, not {spec.axis}")
     frames = read_frames(args.input)
     for spec in specs:
-        try:
-            check_slice_prompt(frames.pixels.shape[:3], "k", spec.slice, spec.prompt)
-        except PromptError as exc:
-            raise PromptError(str(exc).replace("slice", "frame")) from None
+        check_frame_prompt(frames.pixels.shape, spec)
+    pixels = frames_u8(frames, args.modality, tuple(args.window) if args.window else None)
     if not args.quiet:
         print(f"{args.input}: {frames.describe()}", file=sys.stderr)
     t0 = time.perf_counter()
-    labels, where = _segment(args, specs, frames)
+    if args.server:  # remote: the same frames, one time session; no torch needed here
+        from .remote import segment_frames_remote
+
+        labels, where = segment_frames_remote(args, specs, pixels)
+    else:
+        labels, where = _segment(args, specs, pixels)
     if sequence:
         from ..io.sequences import write_label_sequence
 
@@ -61,15 +65,11 @@ def cmd_segment_frames(args: argparse.Namespace, specs: list[ObjectSpec]) -> int
     return 0
 
 
-def _segment(args: argparse.Namespace, specs: list[ObjectSpec], frames: object):  # noqa: ANN202
-    from ..engine import Session, segment_objects, window_to_uint8
+def _segment(args: argparse.Namespace, specs: list[ObjectSpec],
+             pixels: np.ndarray) -> tuple[np.ndarray, str]:
+    from ..engine import Session, segment_objects
     from .options import load_engine
 
-    pixels = frames.pixels  # type: ignore[attr-defined]
-    if not frames.colour and pixels.dtype.name != "uint8":  # type: ignore[attr-defined]
-        # cine MR/CT frames: the modality's windowing, as for a volume
-        pixels = window_to_uint8(pixels, args.modality,
-                                 tuple(args.window) if args.window else None)
     engine = load_engine(args)
     session = Session(engine, pixels)
     labels, _overlap = segment_objects(session, specs, recipe=args.recipe, lcc=False,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine import ObjectSpec, PromptError, check_slice_prompt, window_to_uint8
 from .dicom_cine import holds_dicom_cine, read_dicom_cine
 from .dicom_phases import holds_dicom_phases
 from .volumes import Volume, VolumeError, read_volume
@@ -240,3 +241,23 @@ def _read_video(p: Path) -> Frames:
     rgb = np.stack(pixels)
     frame_time = 1000.0 / float(rate) if rate else None
     return Frames(rgb, frame_grid(luma(rgb), None, str(p)), frame_time, None, "video")
+
+
+def frames_u8(frames: Frames, modality: str, window: tuple[float, float] | None) -> np.ndarray:
+    """What the model gets (``segment --time``, its ``--server`` path, ``batch --time``):
+    colour and uint8 grey frames as they are, other grey frames (cine MR/CT) windowed by
+    modality as a volume is."""
+    if frames.colour or frames.pixels.dtype == np.uint8:
+        return frames.pixels
+    return window_to_uint8(frames.pixels, modality, window)  # type: ignore[arg-type]
+
+
+def check_frame_prompt(shape: tuple[int, ...], spec: ObjectSpec) -> None:
+    """A prompt on a frame: axis k (the frame index), a frame in range, a box that fits;
+    PromptError in the frames' words otherwise."""
+    if spec.axis != "k":
+        raise PromptError(f"with --time the frame axis is k, not {spec.axis}")
+    try:
+        check_slice_prompt((shape[0], shape[1], shape[2]), "k", spec.slice, spec.prompt)
+    except PromptError as exc:
+        raise PromptError(str(exc).replace("slice", "frame")) from None

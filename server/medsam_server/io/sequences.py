@@ -85,3 +85,23 @@ def _write(out: Path, items: np.ndarray, grid: Volume, values: list[str], unit: 
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def read_label_sequence(path: str | os.PathLike) -> Volume:
+    """A label sequence of frames (``write_label_sequence``'s layout) as labels (T, rows,
+    columns) on the frames' grid (frame index = k), to score or compare it again."""
+    p = Path(path)
+    try:
+        data, header = nrrd.read(str(p))
+    except (OSError, nrrd.NRRDError) as exc:
+        raise VolumeError(f"{p}: not a readable label sequence ({exc})") from None
+    if data.ndim != 4 or list(header.get("kinds", []))[:1] != ["list"] or data.shape[3] != 1:
+        raise VolumeError(f"{p}: not a sequence of single frames (sizes {list(data.shape)})")
+    labels = np.ascontiguousarray(data.transpose(0, 3, 2, 1)[:, 0])
+    axes = np.asarray(header["space directions"], dtype=float)[1:]  # rows: i, j, k in mm
+    spacing = np.linalg.norm(axes, axis=1)
+    direction = (axes / spacing[:, None]).T  # columns: the axes' unit vectors
+    origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
+    return Volume(labels, tuple(float(v) for v in spacing),  # type: ignore[arg-type]
+                  tuple(float(v) for v in origin),  # type: ignore[arg-type]
+                  tuple(float(v) for v in direction.ravel()), str(p))  # type: ignore[arg-type]
