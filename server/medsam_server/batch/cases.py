@@ -29,13 +29,14 @@ from ..engine import (
     window_to_uint8,
 )
 from ..io.dicom_series import NOT_A_SERIES
+from ..io.frames import check_frame_prompt, frames_u8, read_frames
 from ..io.prompts_file import load_prompts_file
 from ..io.volumes import Volume, VolumeError, read_volume
 from .evaluate import check_same_grid, label_array
 
 # A case name is also a file name.
 _SAFE_CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-FORMATS = ("seg.nrrd", "nii.gz", "dicom-seg", "rtstruct")
+FORMATS = ("seg.nrrd", "nii.gz", "seq.nrrd", "dicom-seg", "rtstruct")
 DICOM_FORMATS = {"dicom-seg": "seg.dcm", "rtstruct": "rtstruct.dcm"}  # format -> file suffix
 SETTINGS_FILE = "batch.json"
 
@@ -77,9 +78,14 @@ class BatchSettings:
     precision: str = "auto"
     # --label-table: reference label -> structure name (names the objects of reference boxes)
     label_names: tuple[tuple[int, str], ...] | None = None
+    direction: str = "both"  # --direction: both ways from the key slice, or one
+    time: bool = False  # --time: every case is 2D + time, its frames along k
 
     def as_json(self) -> dict:
         data = asdict(self)
+        for key, default in (("direction", "both"), ("time", False)):
+            if data[key] == default:  # added later: a folder recorded before them resumes
+                del data[key]
         for key in ("window", "labels", "label_names"):
             data[key] = None if data[key] is None else [
                 list(v) if isinstance(v, tuple) else v for v in data[key]]
@@ -91,8 +97,9 @@ class PreparedCase:
     """What a worker needs for one case (picklable: it travels to Ray actors)."""
 
     name: str
-    volume_u8: np.ndarray
+    volume_u8: np.ndarray  # (k, j, i), or (frames, rows, columns, 3) RGB with --time
     specs: list[ObjectSpec]
+    frame_time_ms: float | None = None  # --time: what a .seq.nrrd names its frames by
 
 
 @dataclass
@@ -225,10 +232,15 @@ def reference_boxes(reference: np.ndarray, axis: str, labels: Sequence[int] | No
 
 def prepare_case(case: Case, settings: BatchSettings
                  ) -> tuple[Volume, Volume | None, PreparedCase]:
-    """Read and check a case, derive its objects, preprocess its volume (driver side)."""
+    """Read and check a case, derive its objects, preprocess its volume (driver side).
+
+    With ``settings.time`` the image is read as ``segment --time`` reads it (``read_frames``)
+    and the returned Volume is the frames' grid, the one its labels are written on.
+    """
     if settings.format in DICOM_FORMATS and not Path(case.image).is_dir():
         raise VolumeError(f"{case.image}: {NOT_A_SERIES}")
-    image = read_volume(case.image)
+    frames = read_frames(case.image) if settings.time else None
+    image = frames.grid if frames is not None else read_volume(case.image)
     reference = None
     if case.reference is not None:
         reference = read_volume(case.reference)
@@ -243,9 +255,16 @@ def prepare_case(case: Case, settings: BatchSettings
         specs = load_prompts_file(case.prompts)
     for spec in specs:
         try:
-            check_slice_prompt(image.array.shape, spec.axis, spec.slice, spec.prompt)
+            if frames is not None:
+                check_frame_prompt(frames.pixels.shape, spec)
+            else:
+                check_slice_prompt(image.array.shape, spec.axis, spec.slice, spec.prompt)
         except PromptError as exc:
             raise PromptError(f"object {spec.label} ({spec.name}): {exc}") from None
+    if frames is not None:
+        return image, reference, PreparedCase(
+            case.name, frames_u8(frames, settings.modality, settings.window), specs,
+            frames.frame_time_ms)
     volume_u8 = window_to_uint8(image.array, settings.modality, settings.window)  # type: ignore[arg-type]
     return image, reference, PreparedCase(case.name, volume_u8, specs)
 
@@ -261,7 +280,7 @@ def segment_case(engine: object, prepared: PreparedCase, settings: BatchSettings
     labels, overlap = segment_objects(session, prepared.specs, recipe=settings.recipe,  # type: ignore[arg-type]
                                       lcc=settings.lcc,
                                       stop_after_empty=settings.stop_after_empty,
-                                      progress=progress)
+                                      direction=settings.direction, progress=progress)
     return CaseOutcome(labels, overlap, engine.encoder_calls - before,  # type: ignore[attr-defined]
                        time.perf_counter() - t0)
 

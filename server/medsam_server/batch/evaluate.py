@@ -25,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.sequences import SUFFIX as SEQUENCE_SUFFIX
+from ..io.sequences import read_label_sequence
 from ..io.volumes import Volume, read_volume
 
 DEFAULT_TOLERANCE_MM = 2.0
 METRICS_COLUMNS = ("case", "label", "dsc", "nsd")
 # Longest first, so "a.seg.nrrd" is case "a", not "a.seg".
-IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
+IMAGE_SUFFIXES = (".seg.nrrd", ".seq.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
 # Grid comparison: NIfTI keeps geometry in float32, so equal grids differ by ~1e-6.
 _SPACING_RTOL = 1e-5
 _ORIGIN_ATOL_MM = 1e-3
@@ -73,8 +75,13 @@ def mask_metrics(reference: np.ndarray, prediction: np.ndarray,
 
 def volume_metrics(case: str, prediction: Volume, reference: Volume,
                    labels: Sequence[int] | None = None,
-                   tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> list[LabelMetrics]:
-    """Metrics per label of one case; default labels: every label either volume holds."""
+                   tolerance_mm: float = DEFAULT_TOLERANCE_MM, *,
+                   frames: bool = False) -> list[LabelMetrics]:
+    """Metrics per label of one case; default labels: every label either volume holds.
+
+    ``frames``: the volumes are frames along k (2D + time): DSC over all frames, NSD from
+    each frame's own contours (``frames_nsd``), as time is no distance.
+    """
     check_same_grid(prediction, reference)
     pred = label_array(prediction, "prediction")
     ref = label_array(reference, "reference")
@@ -90,10 +97,49 @@ def volume_metrics(case: str, prediction: Volume, reference: Volume,
         box = _union_box(pred_boxes.get(label), ref_boxes.get(label))
         if box is None:
             dsc, nsd = mask_metrics(np.zeros(1, bool), np.zeros(1, bool), spacing, tolerance_mm)
+        elif frames:
+            dsc, nsd = frames_metrics(ref[box] == label, pred[box] == label, spacing[1:],
+                                      tolerance_mm)
         else:
             dsc, nsd = mask_metrics(ref[box] == label, pred[box] == label, spacing, tolerance_mm)
         rows.append(LabelMetrics(case, int(label), dsc, nsd))
     return rows
+
+
+def frames_metrics(reference: np.ndarray, prediction: np.ndarray,
+                   spacing_mm: Sequence[float], tolerance_mm: float) -> tuple[float, float]:
+    """(DSC, NSD) of two boolean (frames, rows, columns) masks; ``spacing_mm``: (row, column).
+
+    DSC pools every frame's pixels. NSD pools every frame's 2D contours: the contour length
+    within tolerance of the other mask's contour in the same frame, over all contour length
+    (a frame with one mask empty adds its contour to the total only), so it is the
+    surfel-weighted NSD of the package with time kept out of the distances.
+    """
+    ref_any, pred_any = bool(reference.any()), bool(prediction.any())
+    if not ref_any or not pred_any:  # MedSAM's conventions, as mask_metrics
+        return (1.0, 1.0) if not ref_any and not pred_any else (0.0, 0.0)
+    from surface_distance import metrics as sd
+
+    dsc = 2.0 * np.count_nonzero(reference & prediction) / (
+        np.count_nonzero(reference) + np.count_nonzero(prediction))
+    within = total = 0.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                message=r".*scipy\.ndimage\.")
+        for ref, pred in zip(reference, prediction, strict=True):
+            if not ref.any() and not pred.any():
+                continue
+            if not ref.any() or not pred.any():  # no contour to be near: none of it within
+                alone = ref | pred
+                d = sd.compute_surface_distances(alone, alone, list(spacing_mm))
+                total += float(d["surfel_areas_gt"].sum())
+                continue
+            d = sd.compute_surface_distances(ref, pred, list(spacing_mm))
+            within += float(
+                d["surfel_areas_gt"][d["distances_gt_to_pred"] <= tolerance_mm].sum()
+                + d["surfel_areas_pred"][d["distances_pred_to_gt"] <= tolerance_mm].sum())
+            total += float(d["surfel_areas_gt"].sum() + d["surfel_areas_pred"].sum())
+    return float(dsc), within / total
 
 
 def label_array(volume: Volume, role: str) -> np.ndarray:
@@ -223,11 +269,14 @@ def _suffix_list() -> str:
 
 
 def evaluate_cases(cases: list[tuple[str, Path, Path]], labels: Sequence[int] | None = None,
-                   tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> list[LabelMetrics]:
+                   tolerance_mm: float = DEFAULT_TOLERANCE_MM, *,
+                   frames: bool = False) -> list[LabelMetrics]:
+    """``frames``: 2D + time label files (``volume_metrics``'s per-frame NSD)."""
     rows: list[LabelMetrics] = []
     for case, pred_path, ref_path in cases:
         prediction, reference = read_pair(pred_path, ref_path)
-        rows += volume_metrics(case, prediction, reference, labels, tolerance_mm)
+        rows += volume_metrics(case, prediction, reference, labels, tolerance_mm,
+                               frames=frames)
     return rows
 
 
@@ -241,10 +290,17 @@ def read_pair(pred_path: Path, ref_path: Path) -> tuple[Volume, Volume]:
         raise EvaluationError(f"{pred_path} and {ref_path} are both DICOM SEG: one side must "
                               "be a label volume on the CT's grid")
     if pred_seg:
-        reference = read_volume(ref_path)
+        reference = _read_labels(ref_path)
         return read_seg(pred_path, reference), reference
-    prediction = read_volume(pred_path)
-    return prediction, (read_seg(ref_path, prediction) if ref_seg else read_volume(ref_path))
+    prediction = _read_labels(pred_path)
+    return prediction, (read_seg(ref_path, prediction) if ref_seg else _read_labels(ref_path))
+
+
+def _read_labels(path: Path) -> Volume:
+    """A label volume, or a label sequence of frames (``.seq.nrrd``) on its frames' grid."""
+    if str(path).lower().endswith(SEQUENCE_SUFFIX):
+        return read_label_sequence(path)
+    return read_volume(path)
 
 
 def check_tolerance(tolerance_mm: float) -> float:

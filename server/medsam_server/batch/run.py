@@ -25,6 +25,7 @@ import numpy as np
 
 from ..engine import AXES
 from ..io.prompts_file import load_prompts_file
+from ..io.sequences import read_label_sequence, write_label_sequence
 from ..io.volumes import Volume, read_volume, write_mask
 from .cases import (
     DICOM_FORMATS,
@@ -94,9 +95,11 @@ class BatchLedger:
             except ValueError as exc:
                 raise BatchError(f"{record}: unreadable ({exc}); delete it to start over") \
                     from None
-            changed = sorted(k for k in wanted if earlier.get(k) != wanted[k])
+            # over both records' keys: a setting left out at its default (as_json) counts too
+            changed = sorted(k for k in set(wanted) | set(earlier)
+                             if earlier.get(k) != wanted.get(k))
             if changed:
-                diff = ", ".join(f"{k}: {earlier.get(k)!r} then, {wanted[k]!r} now"
+                diff = ", ".join(f"{k}: {earlier.get(k)!r} then, {wanted.get(k)!r} now"
                                  for k in changed)
                 raise BatchError(f"{self.out_dir} holds a batch made with other settings "
                                  f"({diff}); use another -o folder or the same settings")
@@ -128,7 +131,8 @@ class BatchLedger:
             reference = read_volume(case.reference)  # type: ignore[arg-type]
             labels = self._labels(case, reference)
             return volume_metrics(case.name, read_output(out, self.settings.format, reference),
-                                  reference, labels, self.settings.tolerance_mm)
+                                  reference, labels, self.settings.tolerance_mm,
+                                  frames=self.settings.time)
         except ValueError as exc:  # user errors; recorded, the batch goes on
             self.rows[case.name].message = f"metrics: {exc}"
             return []
@@ -149,11 +153,14 @@ class BatchLedger:
                             str(out))
             self.metrics[case.name] = volume_metrics(
                 case.name, result, reference, [s.label for s in prepared.specs],
-                self.settings.tolerance_mm)
+                self.settings.tolerance_mm, frames=self.settings.time)
         notes = [f"{outcome.overlap} voxels were claimed by two objects; the first listed "
                  "kept them"] if outcome.overlap else []
         if self.settings.format in DICOM_FORMATS:
             notes += write_dicom_output(out, self.settings, case, image, prepared, outcome)
+        elif self.settings.format == "seq.nrrd":  # as segment --time writes one
+            write_label_sequence(out, outcome.labels, image,
+                                 frame_time_ms=prepared.frame_time_ms)
         else:
             write_mask(out, outcome.labels, image,
                        segments=[(s.label, s.name, s.color) for s in prepared.specs])
@@ -345,4 +352,6 @@ def read_output(out: Path, fmt: str, reference: Volume) -> Volume:
         from ..io.dicom_seg import read_seg
 
         return read_seg(out, reference)
+    if fmt == "seq.nrrd":
+        return read_label_sequence(out)
     return read_volume(out)

@@ -50,6 +50,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance-mm", type=float, default=DEFAULT_TOLERANCE_MM, metavar="T",
                    help=f"NSD tolerance in mm (default {DEFAULT_TOLERANCE_MM})")
     p.add_argument("--csv", metavar="OUT", help="write case,label,dsc,nsd rows here")
+    p.add_argument("--time", action="store_true",
+                   help="2D + time label files (frames along k, or .seq.nrrd): DSC over all "
+                        "frames, NSD from each frame's own contours (time is no distance)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -78,9 +81,16 @@ def _batch_parser(sub: argparse._SubParsersAction) -> None:
     add_segmentation_options(
         g, axis_help="slice axis of the reference boxes (prompts files name their own)",
         threads_help="CPU threads for torch (per Ray worker too)")
+    g.add_argument("--direction", choices=["both", "forward", "backward"], default="both",
+                   help="propagate both ways from the key slice (default) or one way only")
+    g.add_argument("--time", action="store_true",
+                   help="every case is 2D + time, read as 'segment --time' reads it: a "
+                        "prompt's slice is its key frame, no largest-component step, NSD per "
+                        "frame (see docs/video.md)")
     g = p.add_argument_group("outputs")
     g.add_argument("--format", choices=FORMATS, default="seg.nrrd",
-                   help="OUTDIR/<case>.seg.nrrd (default), .nii.gz, or for DICOM series "
+                   help="OUTDIR/<case>.seg.nrrd (default), .nii.gz, with --time .seq.nrrd "
+                        "(a label sequence 3D Slicer loads), or for DICOM series "
                         "<case>.seg.dcm (dicom-seg) / <case>.rtstruct.dcm (rtstruct)")
     g.add_argument("--tolerance-mm", type=float, default=DEFAULT_TOLERANCE_MM, metavar="T",
                    help="NSD tolerance for metrics.csv")
@@ -101,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     labels = check_labels(args.labels)
     csv_out = _check_csv_path(args.csv) if args.csv else None
     cases = match_cases(args.pred, args.ref)
-    rows = evaluate_cases(cases, labels, tolerance)
+    rows = evaluate_cases(cases, labels, tolerance, frames=args.time)
     if not rows:
         raise EvaluationError(f"no labels in {args.pred} or {args.ref}; give --labels to score "
                               "structures absent from both")
@@ -140,7 +150,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     settings = BatchSettings(
         checkpoint_sha256=sha256_file(checkpoint), format=args.format, axis=args.axis,
         modality=args.modality, window=tuple(args.window) if args.window else None,
-        recipe=args.recipe, lcc=not args.no_lcc, stop_after_empty=args.stop_after_empty,
+        # along time a structure's frames are not one object in space: no largest component
+        recipe=args.recipe, lcc=not (args.no_lcc or args.time),
+        stop_after_empty=args.stop_after_empty, direction=args.direction, time=args.time,
         boxes_from_reference=args.boxes_from_reference, box_jitter=args.box_jitter,
         seed=args.seed, labels=tuple(sorted(set(args.labels))) if args.labels else None,
         tolerance_mm=tolerance, precision=args.precision,
@@ -190,6 +202,13 @@ def _check_batch_options(args: argparse.Namespace) -> float:
             raise BatchError(f"{' and '.join(given)} need --boxes-from-reference")
     if args.box_jitter < 0:
         raise BatchError("--box-jitter must be >= 0")
+    if args.time and args.format in ("dicom-seg", "rtstruct"):
+        raise BatchError(f"--format {args.format} references a CT/MR series; with --time use "
+                         "seq.nrrd, seg.nrrd or nii.gz (labels on the frames' grid)")
+    if args.format == "seq.nrrd" and not args.time:
+        raise BatchError("--format seq.nrrd is a label sequence of frames: it needs --time")
+    if args.time and args.axis != "k":
+        raise BatchError(f"with --time the frame axis is k, not {args.axis}")
     check_labels(args.labels)
     if args.ray is None:
         given = [flag for flag, value, default in (
