@@ -44,6 +44,7 @@ bench: setup
 
 screenshots: setup
 	$(PY) scripts/render_screenshots.py
+	$(PY) scripts/render_echo.py
 
 clean:
 	rm -rf $(VENV) out
