@@ -212,3 +212,44 @@ def test_ray_batch_equals_the_local_run(local_run, data, random_checkpoint, tmp_
                                       read_label_sequence(local_run / f"{case}.seq.nrrd").array)
     assert metrics(out) == metrics(local_run)
     assert results(out)["late"]["message"] == results(local_run)["late"]["message"]
+
+
+def test_a_folder_recorded_before_time_and_direction_resumes(tmp_path):
+    from medsam_server.batch.cases import BatchError, BatchSettings, Case
+    from medsam_server.batch.run import BatchLedger
+
+    plain = BatchSettings(checkpoint_sha256="0" * 64)
+    recorded = plain.as_json()
+    assert "time" not in recorded and "direction" not in recorded  # as before they existed
+    (tmp_path / "batch.json").write_text(json.dumps(recorded))
+    cases = [Case("a", tmp_path / "a.nrrd", tmp_path / "p.json")]
+    assert BatchLedger(tmp_path, cases, plain).plan() == cases  # same settings: it resumes
+    timed = BatchSettings(checkpoint_sha256="0" * 64, time=True, format="seq.nrrd")
+    with pytest.raises(BatchError, match="time: None then, True now"):
+        BatchLedger(tmp_path, cases, timed).plan()
+    (tmp_path / "batch.json").write_text(json.dumps(timed.as_json()))
+    with pytest.raises(BatchError, match="time: True then, None now"):  # the other way round
+        BatchLedger(tmp_path, cases, plain).plan()
+
+
+def test_boxes_from_reference_on_the_frame_where_a_label_is_largest(data, engine,
+                                                                    random_checkpoint, tmp_path):
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "cine_ref.nrrd")))
+    ref[1, 120:125, 200:240] = 1  # frame 1 now holds the largest area of label 1
+    ref_img = sitk.GetImageFromArray(ref)
+    ref_img.CopyInformation(sitk.ReadImage(str(data / "cine.nrrd")))
+    sitk.WriteImage(ref_img, str(tmp_path / "ref.nrrd"))
+    (tmp_path / "m.csv").write_text(f"case,image,reference\ncine,{data / 'cine.nrrd'},"
+                                    f"{tmp_path / 'ref.nrrd'}\n")
+    rc, so, se = cli("batch", tmp_path / "m.csv", "-o", tmp_path / "out", "--checkpoint",
+                     random_checkpoint, "--time", "--boxes-from-reference", "--format",
+                     "nii.gz", *OPTIONS)
+    assert rc == 0, se
+    written = sitk.ReadImage(str(tmp_path / "out" / "cine.nii.gz"))
+    assert written.GetSpacing() == pytest.approx(ref_img.GetSpacing())  # the cine's grid
+    session = Session(engine, frames_u8(read_frames(data / "cine.nrrd"), "ct", None))
+    session.add_prompt(1, "k", 1, Prompt(box=(200.0, 120.0, 309.0, 199.0)))
+    session.propagate(1, "k")
+    expected = session.mask(1).astype(np.uint8)
+    assert expected.any()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected)
