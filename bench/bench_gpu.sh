@@ -8,6 +8,8 @@
 #   bench/bench_gpu.sh [--slices 300] [--encode-batch 8] [--json out.json]
 #   MEDSAM_BENCH_PYTHON=/path/to/python bench/bench_gpu.sh   # an environment that has it all
 #   PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels bench/bench_gpu.sh   # offline, from a wheel folder
+#   MEDSAM_BENCH_TIME_ARGS="--device cpu --frames 3" MEDSAM_BENCH_PYTHON=.venv/bin/python \
+#       bench/bench_gpu.sh --device cpu --slices 3               # smoke run of both on CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
@@ -32,5 +34,8 @@ fi
     f'{torch.version.cuda}, GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else None}', file=sys.stderr)"
 "$PY" bench/bench_gpu.py "$@"
 # the time run: frames/s through the 120-frame echo clip, stock video predictor vs ours
-# (fp32, bf16), on the GPU (MEDSAM_BENCH_TIME_JSON names a JSON file for it)
-exec "$PY" bench/bench_time.py --device cuda ${MEDSAM_BENCH_TIME_JSON:+--json "$MEDSAM_BENCH_TIME_JSON"}
+# (fp32, bf16), on the GPU (MEDSAM_BENCH_TIME_JSON names a JSON file for it;
+# MEDSAM_BENCH_TIME_ARGS adds options, later ones win: e.g. "--frames 40")
+read -r -a TIME_ARGS <<< "${MEDSAM_BENCH_TIME_ARGS:-}"
+exec "$PY" bench/bench_time.py --device cuda ${MEDSAM_BENCH_TIME_JSON:+--json "$MEDSAM_BENCH_TIME_JSON"} \
+    "${TIME_ARGS[@]}"
