@@ -212,6 +212,17 @@ def test_bad_input_is_refused_clearly_and_changes_nothing(carried, phases, live)
     np.testing.assert_array_equal(client.object_mask(session, 1), before)
 
 
+def test_a_deleted_object_takes_its_carried_phases_along(carried, expected) -> None:
+    """Last on the shared session: object 1 is deleted and drawn again."""
+    client, session, *_ = carried
+    assert client.object_mask(session, 1, phase=0).any()  # the premise: phase 0 was carried
+    client.delete_object(session, 1)
+    client.prompt(session, 1, "k", KEY_SLICE, box=BOX, phase=KEY_PHASE)
+    again = client.object_mask(session, 1)
+    assert not again[[p for p in range(len(SHIFTS)) if p != KEY_PHASE]].any()
+    np.testing.assert_array_equal(again[KEY_PHASE, KEY_SLICE], expected[KEY_PHASE, KEY_SLICE])
+
+
 def old_tree(tmp_path: Path, *dirs: str) -> Path:
     """``dirs`` as they were before the capability (skips without that history)."""
     out = tmp_path / f"at-{BEFORE_PHASES}"
