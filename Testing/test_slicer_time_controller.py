@@ -304,7 +304,8 @@ def test_9_close_takes_the_preview_out_of_the_browser(h) -> None:
     assert h.ctl.preview is None and h.ctl.state is None
 
 
-def test_3d_frames_are_segmented_slice_by_slice_and_say_how_to_go_through_time(h) -> None:
+def test_3d_frames_go_through_time_by_phases(h) -> None:
+    """3D frames route to time_phases.TimePhases (test_slicer_time_phases.py runs it)."""
     app = slicer_harness.make_scene()
     logic = slicer.vtkSlicerSequencesLogic()
     logic.SetMRMLScene(app.scene)
@@ -323,14 +324,14 @@ def test_3d_frames_are_segmented_slice_by_slice_and_say_how_to_go_through_time(h
     messages = []
     ctl = TimeController(LogicEditorContext(editor), h.runner, lambda: h.backend, logic,
                          on_message=lambda text, level: messages.append(text))
-    assert ctl.offered() and not ctl.routes_prompts()  # boxes stay on the slice path
+    assert ctl.offered() and ctl.routes_prompts()  # boxes go through time, by phases
     t = ctl.panel_state()
-    assert "medsam-server segment --time --phase" in t.note and t.frames == 2
+    assert t.note == "" and t.frames == 2 and t.segment == "liver"
     v = time_view(panel_view(PanelState(segment="liver", prompted=[1], slices=3)), t)
-    assert v.time_visible and v.time_note == t.note
-    assert not v.enabled["propagate_time"] and v.enabled["propagate"]
-    assert not ctl.propagate() and messages[-1].startswith("The frames of this sequence are 3D")
-    assert ctl.session is None and ctl.preview is None  # nothing uploaded, nothing made
+    assert v.time_visible and not v.time_note
+    assert not v.enabled["propagate_time"] and not v.enabled["propagate"]
+    assert not ctl.propagate() and messages[-1].startswith("Draw a box on phase 0")
+    assert ctl.session is None and ctl._phases.server.handle is None  # nothing uploaded
 
 
 def test_frames_review_flags_a_vanishing_mask_and_an_area_jump_first() -> None:

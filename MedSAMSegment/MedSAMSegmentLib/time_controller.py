@@ -38,6 +38,7 @@ from .server_session import PromptOp, PropagateOp, ServerSession
 from .source_volume import display_window
 from .tasks import Task, TaskRunner
 from .time_frames import FRAMES_3D, FrameFlag, frames_upload, review_frames, time_panel_state
+from .time_phases import routes_3d_frames
 from .time_sequence import (
     AppliedWrite,
     TimeContext,
@@ -64,6 +65,7 @@ def routes_to_time(scene: slicer.vtkMRMLScene,
     return source is not None and frame_slices(source) == 1
 
 
+@routes_3d_frames  # 3D frames (a 4D CT): the calls go to time_phases.TimePhases
 class TimeController:
     def __init__(self, ctx: EditorContext, runner: TaskRunner, backend: Callable[[], Backend],
                  sequences_logic: slicer.vtkSlicerSequencesLogic, *, on_message: Message,

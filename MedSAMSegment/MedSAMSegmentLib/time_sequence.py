@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import slicer
+import vtk
 from vtk.util import numpy_support
 
 from .labelmaps import segment_array, to_oriented_image
@@ -106,6 +107,32 @@ def frames_array(source: TimeSource) -> np.ndarray:
     return np.stack(frames)
 
 
+def phases_array(source: TimeSource) -> np.ndarray:
+    """(phases, k, j, i), refused unless every phase lies on the proxy's grid (one session,
+    one grid: a phase elsewhere would get its masks at the wrong place)."""
+    grid = _grid(source.proxy)
+    out = []
+    for n in range(source.num_frames):
+        node = source.sequence.GetNthDataNode(n)
+        image = node.GetImageData() if node is not None else None
+        scalars = image.GetPointData().GetScalars() if image is not None else None
+        if scalars is None or scalars.GetNumberOfComponents() != 1:
+            raise ValueError(f"phase {n} of {source.sequence.GetName()} has no grey voxels")
+        if not all(np.allclose(a, b) for a, b in zip(_grid(node), grid, strict=True)):
+            raise ValueError(f"phase {n} of {source.sequence.GetName()} is not on the grid of "
+                             "the phase shown: 3D + time needs every phase on one grid")
+        i, j, k = image.GetDimensions()
+        out.append(numpy_support.vtk_to_numpy(scalars).reshape(k, j, i))
+    return np.stack(out)
+
+
+def _grid(node: slicer.vtkMRMLScalarVolumeNode) -> tuple:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return (node.GetImageData().GetDimensions(),
+            [matrix.GetElement(r, c) for r in range(3) for c in range(4)])
+
+
 def segmentation_sequence(logic: slicer.vtkSlicerSequencesLogic, source: TimeSource,
                           segmentation_node: slicer.vtkMRMLSegmentationNode
                           ) -> slicer.vtkMRMLSequenceNode:
@@ -145,15 +172,20 @@ def segment_template(segmentation_node: slicer.vtkMRMLSegmentationNode
 def write_frames(logic: slicer.vtkSlicerSequencesLogic, source: TimeSource,
                  sequence: slicer.vtkMRMLSequenceNode, template: slicer.vtkSegmentation,
                  segment_id: str, masks: Mapping[int, np.ndarray]) -> FramesBefore:
-    """Write ``masks`` (frame → (rows, columns) bool) as ``segment_id`` into each frame's
-    item; other segments of an item are kept, a frame's first item gets the template's
+    """Write ``masks`` (frame → (rows, columns) bool, or (k, j, i) for 3D frames) as
+    ``segment_id`` into each frame's item; other segments of an item are kept, a frame's first item gets the template's
     segments, empty. Returns what it replaced (``restore_frames``)."""
     if template.GetSegment(segment_id) is None:
         raise ValueError(f"the segmentation has no segment {segment_id}")
     values = source.index_values()
-    for frame in masks:
+    grid = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
+        source.proxy).GetDimensions()[::-1]
+    for frame, mask in masks.items():
         if not 0 <= frame < len(values):
             raise ValueError(f"frame {frame} is not one of the {len(values)} frames")
+        if _as_3d(mask).shape != grid:  # a wrong size would be written shifted or cut
+            raise ValueError(f"the mask of frame {frame} is {np.shape(mask)}, the frames are "
+                             f"{grid if grid[0] > 1 else grid[1:]}")
     # Saving of changes stays on: toggling it makes the browser deep-copy the item of the
     # frame shown into the proxy that shares its segmentation (a shallow copy while saving),
     # which empties both. Items are written whole, then the proxy follows them.
@@ -186,12 +218,18 @@ def _write(logic: slicer.vtkSlicerSequencesLogic, source: TimeSource,
                     empty, scratch, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
         if scratch.GetSegmentation().GetSegment(segment_id) is None:
             scratch.GetSegmentation().CopySegmentFromSegmentation(template, segment_id)
-        image = to_oriented_image(np.asarray(mask, bool)[None].astype(np.uint8), reference)
+        image = to_oriented_image(_as_3d(mask).astype(np.uint8), reference)
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
             image, scratch, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
         sequence.SetDataNodeAtValue(scratch, value)
     logic.UpdateProxyNodesFromSequences(source.browser)  # the frame shown, as written
     return before
+
+
+def _as_3d(mask: np.ndarray) -> np.ndarray:
+    """A frame's mask as (k, j, i) bool: a 2D frame's (rows, columns) is one slice."""
+    mask = np.asarray(mask, bool)
+    return mask[None] if mask.ndim == 2 else mask
 
 
 def restore_frames(logic: slicer.vtkSlicerSequencesLogic, source: TimeSource,
@@ -219,24 +257,26 @@ def restore_frames(logic: slicer.vtkSlicerSequencesLogic, source: TimeSource,
 
 def sequence_masks(source: TimeSource, sequence: slicer.vtkMRMLSequenceNode,
                    segment_id: str) -> np.ndarray:
-    """(frames, rows, columns) bool: the segment in each frame's item (empty where none)."""
+    """(frames, rows, columns) bool: the segment in each frame's item (empty where none);
+    (frames, k, j, i) for 3D frames."""
     reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
         source.proxy)
     out = []
     for value in source.index_values():
         item = sequence.GetDataNodeAtValue(value)
         if item is None or item.GetSegmentation().GetSegment(segment_id) is None:
-            out.append(np.zeros(reference.GetDimensions()[1::-1], bool))
+            out.append(np.zeros(reference.GetDimensions()[::-1], bool))
         else:
-            out.append(segment_array(item, segment_id, reference)[0])
-    return np.stack(out)
+            out.append(segment_array(item, segment_id, reference))
+    masks = np.stack(out)
+    return masks[:, 0] if masks.shape[1] == 1 else masks
 
 
 def frames_with(source: TimeSource, sequence: slicer.vtkMRMLSequenceNode,
                 segment_id: str) -> list[int]:
     """Frames whose item holds voxels of the segment (what the review queue lists)."""
     masks = sequence_masks(source, sequence, segment_id)
-    return [int(n) for n in np.flatnonzero(masks.any(axis=(1, 2)))]
+    return [int(n) for n in np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))]
 
 
 def frame_slices(source: TimeSource) -> int:
@@ -304,7 +344,7 @@ class TimeContext:
     source: TimeSource
     segmentation: slicer.vtkMRMLSegmentationNode
     reference: slicer.vtkOrientedImageData  # one frame's grid (the proxy's)
-    shape: tuple[int, int, int]  # (frames, rows, columns)
+    shape: tuple[int, ...]  # (frames, rows, columns), or (phases, k, j, i) for 3D frames
 
 
 @dataclass
@@ -335,7 +375,7 @@ class TimePreview:
         """Make the preview of ``segment_id`` on each frame of ``masks`` exactly that mask."""
         clip = self.clip
         if self.template.GetSegment(segment_id) is None:
-            self.preview.show(segment_id, np.zeros((1, *clip.shape[1:]), bool), clip.reference)
+            self.preview.show(segment_id, _as_3d(np.zeros(clip.shape[1:], bool)), clip.reference)
             self.template.CopySegmentFromSegmentation(self.preview.node.GetSegmentation(),
                                                       segment_id)
         if self.sequence is None:
