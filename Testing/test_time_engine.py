@@ -99,3 +99,19 @@ def test_colour_frames_only_along_time(fp32_engine, colour_frames):
     assert session.object_ids == []  # nothing changed
     with pytest.raises(ValueError, match="colour frames"):
         Session(fp32_engine, np.zeros((2, 8, 8, 4), np.uint8))
+
+
+def test_stop_after_empty_along_time(random_checkpoint, colour_frames):
+    import torch
+
+    absent = Engine.from_checkpoint(random_checkpoint, "cpu", precision="fp32")
+    with torch.no_grad():  # a model that says "no object" on every tracked frame
+        absent.model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(-50.0)
+    session = Session(absent, colour_frames)
+    session.add_prompt(1, "k", KEY, Prompt(box=BOX))
+    # forward from frame 1: frames 2 and 3 are empty, so frame 4 is never reached
+    report = session.propagate(1, "k", stop_after_empty=2)
+    assert report.slices == [KEY, 2, 3, 0]
+    unlimited = Session(absent, colour_frames)
+    unlimited.add_prompt(1, "k", KEY, Prompt(box=BOX))
+    assert unlimited.propagate(1, "k").slices == [KEY, 2, 3, 4, 0]  # premise: 4 is reachable
