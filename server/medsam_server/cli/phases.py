@@ -4,6 +4,7 @@
 The key phase (``--phase``) is segmented in 3D from the usual prompts, then carried to the
 other phases along time, slice by slice (``engine.segment_phases``). Output: one label
 volume per phase on the phases' grid, as a ``.seq.nrrd`` volume sequence or a 4D file.
+With ``--server`` the phases go to the service as one 3D + time session (``remote_phases``).
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ def cmd_segment_phases(args: argparse.Namespace, specs: list[ObjectSpec]) -> int
         raise PromptError("a 4D input (file or DICOM phases) is 3D + time: name the key "
                           "phase with --phase P "
                           "(prompts are on that phase)")
-    if args.server:
-        raise PromptError("--time runs in this process; --server does not take phases yet")
     if args.window is not None and args.modality != "ct":
         raise PreprocessError("--window is only used with --modality ct")
     if Path(args.input).is_dir() and holds_dicom_cine(args.input):
@@ -68,7 +67,12 @@ def cmd_segment_phases(args: argparse.Namespace, specs: list[ObjectSpec]) -> int
         for i, name in enumerate(phases.names):  # which index is which DICOM phase
             print(f"  phase {i}: {name}", file=sys.stderr)
     t0 = time.perf_counter()
-    labels, note = _segment(args, specs, phases.array)
+    if args.server:  # remote: the same phases, one 3D + time session; no torch needed here
+        from .remote_phases import segment_phases_remote
+
+        labels, note = segment_phases_remote(args, specs, phases)
+    else:
+        labels, note = _segment(args, specs, phases.array)
     write_phase_labels(out, labels, phases)
     if not args.quiet:
         counts = ", ".join(f"{s.name}: {int((labels == s.label).any(axis=(1, 2, 3)).sum())} "

@@ -4,7 +4,8 @@ The CLI reads and checks the volume and prompts, then calls ``segment_remote``: 
 volume is uploaded raw (the server windows it by modality/window), each object is
 prompted on its key slice and propagated, masks come back cropped, and the labels are
 combined exactly as in-process (``postprocess.add_object``). Frames (``--time``) go through
-``segment_frames_remote`` as one time session. This module needs no torch.
+``segment_frames_remote`` as one time session; 3D + time (``--time --phase``) through
+``remote_phases``. This module needs no torch.
 """
 
 from __future__ import annotations
@@ -90,8 +91,20 @@ def _say_where(client: MedSAMClient, args: argparse.Namespace, what: str) -> Inf
 def _segment(client: MedSAMClient, session: SessionHandle, shape: tuple[int, ...],
              specs: list[ObjectSpec], args: argparse.Namespace, *, lcc: bool,
              axis: str | None = None) -> tuple[np.ndarray, int]:
-    """Every object in turn, combined as in-process (``add_object``); the session closed.
-    ``axis``: the wire's name for every object's axis ("t" for frames), else its own."""
+    """``_segment_objects``, then the session closed."""
+    try:
+        return _segment_objects(client, session, shape, specs, args, lcc=lcc, axis=axis)
+    finally:
+        client.close_session(session, quiet=True)
+
+
+def _segment_objects(client: MedSAMClient, session: SessionHandle, shape: tuple[int, ...],
+                     specs: list[ObjectSpec], args: argparse.Namespace, *, lcc: bool,
+                     axis: str | None = None, phase: int | None = None
+                     ) -> tuple[np.ndarray, int]:
+    """Every object in turn, combined as in-process (``add_object``).
+    ``axis``: the wire's name for every object's axis ("t" for frames), else its own;
+    ``phase``: the key phase of a 3D + time session (its masks are the result)."""
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -104,18 +117,18 @@ def _segment(client: MedSAMClient, session: SessionHandle, shape: tuple[int, ...
         overlap = 0
         for spec in specs:
             mask = _segment_object(client, session, spec, axis or spec.axis, args,
-                                   (lambda u: bar.update(1)) if bar else None)
+                                   (lambda u: bar.update(1)) if bar else None, phase)
             overlap += add_object(labels, mask, spec.label, lcc=lcc)
         return labels, overlap
     finally:
         if bar is not None:
             bar.close()
-        client.close_session(session, quiet=True)
 
 
 def _segment_object(client: MedSAMClient, session: SessionHandle, spec: ObjectSpec,
                     axis: str, args: argparse.Namespace,
-                    on_update: Callable[[SliceUpdate], None] | None) -> np.ndarray:
+                    on_update: Callable[[SliceUpdate], None] | None,
+                    phase: int | None = None) -> np.ndarray:
     p = spec.prompt
     update = client.prompt(session, spec.label, axis, spec.slice,  # type: ignore[arg-type]
                            box=p.box, points=list(p.points) or None,
@@ -129,4 +142,4 @@ def _segment_object(client: MedSAMClient, session: SessionHandle, spec: ObjectSp
     if job.state != "done":
         raise MedSAMError(f"propagation of {spec.name!r} ended {job.state} on the server; "
                           "nothing written", code=f"job_{job.state}")
-    return client.object_mask(session, spec.label)
+    return client.object_mask(session, spec.label, phase=phase)
