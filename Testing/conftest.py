@@ -106,6 +106,25 @@ def liver_box() -> tuple[int, tuple[int, int, int, int]]:
     return 14, (45, 27, 104, 85)
 
 
+@pytest.fixture(scope="session")
+def _torch_default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_threads_kept(_torch_default_threads: int):
+    """A command run in-process with ``--threads N`` sets torch's process-wide thread count,
+    and fp32 sums (so mask borders) depend on it: a later module comparing in-process results
+    with a server's differed by a few voxels. Each module starts with torch's default (a
+    module's own fixtures and tests share what they set, as they compare among themselves)."""
+    yield
+    torch = sys.modules["torch"]
+    if torch.get_num_threads() != _torch_default_threads:
+        torch.set_num_threads(_torch_default_threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_slicer_scenes():
     """Slicer scenes are taken apart in order at the end (see slicer_harness.Scene.close)."""
