@@ -37,7 +37,7 @@ from .preview import Preview
 from .server_session import PromptOp, PropagateOp, ServerSession
 from .source_volume import display_window
 from .tasks import Task, TaskRunner
-from .time_frames import FRAMES_3D, FrameFlag, frames_upload, review_frames, time_panel_state
+from .time_frames import FrameFlag, frames_upload, review_frames, time_panel_state
 from .time_phases import routes_3d_frames
 from .time_sequence import (
     AppliedWrite,
@@ -439,8 +439,6 @@ class TimeController:
         if seg is None or source is None:
             raise UserError("select a segmentation and a source volume that a sequence browser "
                             "plays")
-        if frame_slices(source) != 1:
-            raise UserError(FRAMES_3D)
         segment_id = self.ctx.selected_segment_id()
         if not segment_id or seg.GetSegmentation().GetSegment(segment_id) is None:
             raise UserError("add or select a segment first: MedSAM2 segments into it")

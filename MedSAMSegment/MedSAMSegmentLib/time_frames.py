@@ -12,7 +12,6 @@ from .annotation import ObjectState
 from .panel_view import TimePanelState
 from .server_session import VolumeUpload
 from .source_volume import guess_modality
-from .time_sequence import frame_slices
 
 
 class FramesError(ValueError):
@@ -20,9 +19,6 @@ class FramesError(ValueError):
 
 
 AREA_JUMP = 0.5  # review: a frame whose mask area differs from its neighbour's by this share
-FRAMES_3D = ("The frames of this sequence are 3D volumes: the effect propagates through time "
-             "only 2D frames today (cine, echo). Segment the volume shown here slice by slice, "
-             "or use `medsam-server segment --time --phase` for 3D + time.")
 
 
 @dataclass(frozen=True)
@@ -79,9 +75,6 @@ def time_panel_state(controller: object, source: object | None) -> TimePanelStat
                        propagating=controller.propagating, progress=controller.progress,
                        can_undo_apply=controller.applied is not None
                        and not controller.propagating)
-    if frame_slices(source) != 1:
-        t.note = FRAMES_3D
-        return t
     ctx = controller.ctx
     seg = ctx.segmentation_node()
     segment_id = ctx.selected_segment_id()

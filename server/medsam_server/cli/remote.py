@@ -52,11 +52,8 @@ def segment_frames_remote(args: argparse.Namespace, specs: list[ObjectSpec],
     """
     _note_ignored(args)
     with MedSAMClient(args.server, _token(args)) as client:
-        info = _say_where(client, args, "the frames")
-        if "time" not in info.capabilities:
-            raise MedSAMError(f"{args.server}: medsam-server {info.version} has no time "
-                              "sessions (capability 'time'); update it, or run --time without "
-                              "--server", code="unsupported")
+        _require(_say_where(client, args, "the frames"), args, "time", "time sessions",
+                 "--time")
         session = client.upload(frames_u8, modality="none", time=True,
                                 name=Path(args.input).name)
         labels, _overlap = _segment(client, session, frames_u8.shape[:3], specs, args,
@@ -143,3 +140,12 @@ def _segment_object(client: MedSAMClient, session: SessionHandle, spec: ObjectSp
         raise MedSAMError(f"propagation of {spec.name!r} ended {job.state} on the server; "
                           "nothing written", code=f"job_{job.state}")
     return client.object_mask(session, spec.label, phase=phase)
+
+
+def _require(info: Info, args: argparse.Namespace, capability: str, what: str,
+             local: str) -> None:
+    """Refuse, before any upload, a server whose /info lacks ``capability``."""
+    if capability not in info.capabilities:
+        raise MedSAMError(f"{args.server}: medsam-server {info.version} has no {what} "
+                          f"(capability '{capability}'); update it, or run {local} without "
+                          "--server", code="unsupported")

@@ -24,7 +24,7 @@ from medsam_client.client import MedSAMClient, MedSAMError, SessionHandle
 
 from ..engine import ObjectSpec, add_object
 from ..io.phases import Phases
-from .remote import _note_ignored, _say_where, _segment_objects, _token
+from .remote import _note_ignored, _require, _say_where, _segment_objects, _token
 
 
 def segment_phases_remote(args: argparse.Namespace, specs: list[ObjectSpec],
@@ -35,11 +35,8 @@ def segment_phases_remote(args: argparse.Namespace, specs: list[ObjectSpec],
     error for the CLI)."""
     _note_ignored(args)
     with MedSAMClient(args.server, _token(args)) as client:
-        info = _say_where(client, args, "the phases")
-        if "phases" not in info.capabilities:
-            raise MedSAMError(f"{args.server}: medsam-server {info.version} has no 3D + time "
-                              "sessions (capability 'phases'); update it, or run --time "
-                              "--phase without --server", code="unsupported")
+        _require(_say_where(client, args, "the phases"), args, "phases",
+                 "3D + time sessions", "--time --phase")
         grid = phases.grid
         session = client.upload_phases(
             phases.array, key_phase=args.phase, spacing=grid.spacing, origin=grid.origin,
